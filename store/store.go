@@ -1,0 +1,201 @@
+// Package store owns the appliance's persistence: the canonical user and group
+// model, tenants and their credentials, every bbolt byte. Nothing else in the
+// appliance imports bbolt.
+//
+// Every exported method takes a context, opens exactly one transaction and
+// composes unexported helpers that take *bbolt.Tx. Writes return only after
+// their transaction is committed and synced to disk; concurrent writers are
+// coalesced by bbolt's Batch so that one fsync serves many of them.
+package store
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Sentinel errors. Callers test them with errors.Is.
+var (
+	// ErrNotFound is returned when a tenant, user, group or account does not exist.
+	ErrNotFound = errors.New("not found")
+	// ErrConflict is returned when a write would break a uniqueness rule;
+	// the error is a *ConflictError that names the attribute and the holder.
+	ErrConflict = errors.New("conflict")
+	// ErrPrecondition is returned when an expected version does not match.
+	ErrPrecondition = errors.New("version mismatch")
+	// ErrInvalid is returned for input the store cannot accept (an empty
+	// userName, a member that does not exist, a bad tenant name).
+	ErrInvalid = errors.New("invalid")
+)
+
+// ConflictError says which unique attribute collided and which resource
+// already holds the value.
+type ConflictError struct {
+	Attribute string // SCIM attribute path, e.g. "userName"
+	Value     string
+	HolderID  string
+}
+
+func (e *ConflictError) Error() string {
+	return fmt.Sprintf("%s %q is already used by %s", e.Attribute, e.Value, e.HolderID)
+}
+
+// Unwrap lets errors.Is(err, ErrConflict) hold.
+func (e *ConflictError) Unwrap() error { return ErrConflict }
+
+// Options tunes Open.
+type Options struct {
+	// Timeout bounds the wait for the file lock held by another process.
+	// Zero means one second, so a second instance fails fast.
+	Timeout time.Duration
+	// Now returns the current time; tests may fix it. Nil means time.Now.
+	Now func() time.Time
+}
+
+// Store is the appliance's database. It is safe for concurrent use.
+type Store struct {
+	db  *bolt.DB
+	now func() time.Time
+
+	mu       sync.RWMutex
+	rules    map[string]Rules // per-tenant uniqueness rules
+	watchers []func(Change)
+}
+
+// Change describes one committed write, for in-memory views (the LDAP
+// directory) that must follow the store.
+type Change struct {
+	Tenant string
+	Kind   Kind   // KindUser or KindGroup; "" when the whole tenant changed
+	ID     string // resource id; "" when the whole tenant changed
+}
+
+// Open opens (creating if needed) the database file at path, migrates it to
+// the current schema and returns the Store. It fails if the file was written
+// by a newer version of the appliance or is locked by another process.
+func Open(path string, opts Options) (*Store, error) {
+	if opts.Timeout == 0 {
+		opts.Timeout = time.Second
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.Timeout, FreelistType: bolt.FreelistMapType})
+	if err != nil {
+		if errors.Is(err, bolt.ErrTimeout) {
+			return nil, fmt.Errorf("store: open %s: the file is locked by another process (is the appliance already running?): %w", path, err)
+		}
+		return nil, fmt.Errorf("store: open %s: %w", path, err)
+	}
+	// The default batch delay (10ms) would add latency to every lone write;
+	// 2ms still lets concurrent writers share one fsync.
+	db.MaxBatchDelay = 2 * time.Millisecond
+	if err := migrate(db); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store: open %s: %w", path, err)
+	}
+	return &Store{db: db, now: opts.Now, rules: map[string]Rules{}}, nil
+}
+
+// Close waits for open transactions and closes the file.
+func (s *Store) Close() error {
+	if err := s.db.Close(); err != nil {
+		return fmt.Errorf("store: close: %w", err)
+	}
+	return nil
+}
+
+// Path returns the database file's path.
+func (s *Store) Path() string { return s.db.Path() }
+
+// Watch registers fn to be called after every committed write. fn runs on
+// the writer's goroutine and must not block or call back into the store's
+// write methods.
+func (s *Store) Watch(fn func(Change)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.watchers = append(s.watchers, fn)
+}
+
+func (s *Store) notify(c Change) {
+	c.Tenant = strings.ToLower(c.Tenant)
+	s.mu.RLock()
+	ws := s.watchers
+	s.mu.RUnlock()
+	for _, fn := range ws {
+		fn(c)
+	}
+}
+
+// Backup writes a consistent copy of the whole database to w while the
+// store keeps serving, and returns the number of bytes written.
+func (s *Store) Backup(ctx context.Context, w io.Writer) (int64, error) {
+	var n int64
+	err := s.db.View(func(tx *bolt.Tx) error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		var err error
+		n, err = tx.WriteTo(w)
+		return err
+	})
+	if err != nil {
+		return n, fmt.Errorf("store: backup: %w", err)
+	}
+	return n, nil
+}
+
+// update runs fn in a write transaction. Concurrent calls are batched into
+// one commit; fn may therefore run more than once and must depend only on
+// the transaction and on values computed before the call.
+func (s *Store) update(ctx context.Context, fn func(*bolt.Tx) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return s.db.Batch(fn)
+}
+
+func (s *Store) view(ctx context.Context, fn func(*bolt.Tx) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return s.db.View(fn)
+}
+
+// NewID returns a fresh resource id: a version 7 UUID, so ids sort by
+// creation time (listings come back in creation order and inserts append to
+// the B+tree) and 74 random bits make reuse practically impossible.
+func NewID() string {
+	var b [16]byte
+	rand.Read(b[:]) // never fails: crypto/rand aborts the process instead
+	ms := uint64(time.Now().UnixMilli())
+	b[0], b[1], b[2], b[3], b[4], b[5] = byte(ms>>40), byte(ms>>32), byte(ms>>24), byte(ms>>16), byte(ms>>8), byte(ms)
+	b[6] = (b[6] & 0x0f) | 0x70
+	b[8] = (b[8] & 0x3f) | 0x80
+	var out [36]byte
+	hex.Encode(out[0:8], b[0:4])
+	out[8] = '-'
+	hex.Encode(out[9:13], b[4:6])
+	out[13] = '-'
+	hex.Encode(out[14:18], b[6:8])
+	out[18] = '-'
+	hex.Encode(out[19:23], b[8:10])
+	out[23] = '-'
+	hex.Encode(out[24:], b[10:])
+	return string(out[:])
+}
+
+func u64(v uint64) []byte {
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], v)
+	return b[:]
+}

@@ -1,0 +1,244 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+func validateUser(u *User) error {
+	if strings.TrimSpace(u.UserName) == "" {
+		return fmt.Errorf("userName is required and must not be blank: %w", ErrInvalid)
+	}
+	return nil
+}
+
+// CreateUser stores u as a new user of tenant t, assigning its id and meta,
+// and returns the stored record. Returns a *ConflictError (ErrConflict) if
+// a unique attribute is taken, ErrInvalid for an unusable record and
+// ErrNotFound if the tenant does not exist.
+func (s *Store) CreateUser(ctx context.Context, t string, u User) (User, error) {
+	if err := validateUser(&u); err != nil {
+		return User{}, fmt.Errorf("store: create user: %w", err)
+	}
+	now := s.now().UTC()
+	u.ID = NewID()
+	u.Meta = Meta{Created: now, LastModified: now, Version: 1}
+	rules := s.rulesFor(t)
+	data, err := json.Marshal(&u)
+	if err != nil {
+		return User{}, fmt.Errorf("store: create user: encode: %w", err)
+	}
+	err = s.update(ctx, func(tx *bolt.Tx) error {
+		tb, err := tenantBucket(tx, t)
+		if err != nil {
+			return err
+		}
+		if err := indexUser(tb, &u, nil, rules); err != nil {
+			return err
+		}
+		return tb.Bucket(bucketUsers).Put([]byte(u.ID), data)
+	})
+	if err != nil {
+		return User{}, fmt.Errorf("store: create user %q: %w", u.UserName, err)
+	}
+	s.notify(Change{Tenant: t, Kind: KindUser, ID: u.ID})
+	return u, nil
+}
+
+// User returns user id of tenant t, or ErrNotFound.
+func (s *Store) User(ctx context.Context, t, id string) (User, error) {
+	var u User
+	err := s.view(ctx, func(tx *bolt.Tx) error {
+		tb, err := tenantBucket(tx, t)
+		if err != nil {
+			return err
+		}
+		return getUser(tb, id, &u)
+	})
+	if err != nil {
+		return User{}, fmt.Errorf("store: user %q: %w", id, err)
+	}
+	return u, nil
+}
+
+func getUser(tb *bolt.Bucket, id string, u *User) error {
+	data := tb.Bucket(bucketUsers).Get([]byte(id))
+	if data == nil {
+		return fmt.Errorf("user %q: %w", id, ErrNotFound)
+	}
+	if err := json.Unmarshal(data, u); err != nil {
+		return fmt.Errorf("decode user %q: %w", id, err)
+	}
+	return nil
+}
+
+// UpdateUser applies fn to user id of tenant t and stores the result with
+// a new version. If ifVersion is not zero and the stored version differs, it
+// returns ErrPrecondition without calling fn. fn receives a private copy; it
+// may run more than once (writes are batched) and must depend only on its
+// argument. An error from fn aborts the update and is returned wrapped.
+// id, created and version are kept by the store whatever fn does.
+func (s *Store) UpdateUser(ctx context.Context, t, id string, ifVersion uint64, fn func(*User) error) (User, error) {
+	rules := s.rulesFor(t)
+	var out User
+	err := s.update(ctx, func(tx *bolt.Tx) error {
+		tb, err := tenantBucket(tx, t)
+		if err != nil {
+			return err
+		}
+		var old, u User
+		if err := getUser(tb, id, &old); err != nil {
+			return err
+		}
+		if ifVersion != 0 && old.Meta.Version != ifVersion {
+			return fmt.Errorf("user %q is at version %d, not %d: %w", id, old.Meta.Version, ifVersion, ErrPrecondition)
+		}
+		if err := getUser(tb, id, &u); err != nil { // a private deep copy
+			return err
+		}
+		if err := fn(&u); err != nil {
+			return err
+		}
+		if err := validateUser(&u); err != nil {
+			return err
+		}
+		u.ID, u.Meta.Created = old.ID, old.Meta.Created
+		u.Meta.Version = old.Meta.Version + 1
+		u.Meta.LastModified = s.now().UTC()
+		if err := indexUser(tb, &u, &old, rules); err != nil {
+			return err
+		}
+		data, err := json.Marshal(&u)
+		if err != nil {
+			return err
+		}
+		out = u
+		return tb.Bucket(bucketUsers).Put([]byte(u.ID), data)
+	})
+	if err != nil {
+		return User{}, fmt.Errorf("store: update user %q: %w", id, err)
+	}
+	s.notify(Change{Tenant: t, Kind: KindUser, ID: id})
+	return out, nil
+}
+
+// DeleteUser removes user id of tenant t and its group memberships.
+// Returns ErrNotFound if it does not exist.
+func (s *Store) DeleteUser(ctx context.Context, t, id string) error {
+	var groups []string
+	err := s.update(ctx, func(tx *bolt.Tx) error {
+		tb, err := tenantBucket(tx, t)
+		if err != nil {
+			return err
+		}
+		var u User
+		if err := getUser(tb, id, &u); err != nil {
+			return err
+		}
+		if err := unindexUser(tb, &u); err != nil {
+			return err
+		}
+		groups, err = dropMemberships(tb, id, s.now().UTC())
+		if err != nil {
+			return err
+		}
+		return tb.Bucket(bucketUsers).Delete([]byte(id))
+	})
+	if err != nil {
+		return fmt.Errorf("store: delete user %q: %w", id, err)
+	}
+	s.notify(Change{Tenant: t, Kind: KindUser, ID: id})
+	for _, g := range groups {
+		s.notify(Change{Tenant: t, Kind: KindGroup, ID: g})
+	}
+	return nil
+}
+
+// LookupUsers returns the users of tenant t whose idx attribute equals value
+// (normalised as the index is). The answer comes from the index, not a scan.
+func (s *Store) LookupUsers(ctx context.Context, t string, idx Index, value string) ([]User, error) {
+	var out []User
+	err := s.view(ctx, func(tx *bolt.Tx) error {
+		tb, err := tenantBucket(tx, t)
+		if err != nil {
+			return err
+		}
+		b := tb.Bucket(bucketIndexes).Bucket([]byte(idx))
+		if b == nil {
+			return nil
+		}
+		for _, id := range idsFor(b, NormalizeIndexValue(idx, value)) {
+			var u User
+			if err := getUser(tb, id, &u); err != nil {
+				if errors.Is(err, ErrNotFound) {
+					continue
+				}
+				return err
+			}
+			out = append(out, u)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: lookup users by %s: %w", idx, err)
+	}
+	return out, nil
+}
+
+// ScanUsers calls fn for every user of tenant t in id (creation) order,
+// inside one read transaction, until fn returns an error. ErrStop ends the
+// scan without error.
+func (s *Store) ScanUsers(ctx context.Context, t string, fn func(*User) error) error {
+	err := s.view(ctx, func(tx *bolt.Tx) error {
+		tb, err := tenantBucket(tx, t)
+		if err != nil {
+			return err
+		}
+		c := tb.Bucket(bucketUsers).Cursor()
+		n := 0
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			if n++; n%1024 == 0 {
+				if err := ctx.Err(); err != nil {
+					return err
+				}
+			}
+			var u User
+			if err := json.Unmarshal(v, &u); err != nil {
+				return fmt.Errorf("decode user %q: %w", k, err)
+			}
+			if err := fn(&u); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, ErrStop) {
+		return fmt.Errorf("store: scan users: %w", err)
+	}
+	return nil
+}
+
+// CountUsers returns how many users tenant t holds.
+func (s *Store) CountUsers(ctx context.Context, t string) (int, error) {
+	n := 0
+	err := s.view(ctx, func(tx *bolt.Tx) error {
+		tb, err := tenantBucket(tx, t)
+		if err != nil {
+			return err
+		}
+		n = tb.Bucket(bucketUsers).Stats().KeyN
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("store: count users: %w", err)
+	}
+	return n, nil
+}
+
+// ErrStop ends a scan early without an error.
+var ErrStop = errors.New("stop")
