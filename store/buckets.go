@@ -19,11 +19,9 @@ import (
 //	                /ix/<index>/ <value>\x00<id> → ""
 //	                /members/  <groupID>\x00<memberID> → kind
 //	                /memberof/ <memberID>\x00<groupID> → ""
-//	acme/                      <key> → autocert cache entry
 var (
 	bucketMeta     = []byte("meta")
 	bucketTenants  = []byte("tenants")
-	bucketACME     = []byte("acme")
 	keySchema      = []byte("schema_version")
 	keyInfo        = []byte("info")
 	bucketAccounts = []byte("accounts")
@@ -42,12 +40,8 @@ var tenantBuckets = [][]byte{bucketAccounts, bucketUsers, bucketGroups, bucketIn
 var migrations = []func(*bolt.Tx) error{
 	// 1: the initial layout.
 	func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketTenants, bucketACME} {
-			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
-				return err
-			}
-		}
-		return nil
+		_, err := tx.CreateBucketIfNotExists(bucketTenants)
+		return err
 	},
 }
 

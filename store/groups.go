@@ -107,7 +107,7 @@ func getGroup(tb *bolt.Bucket, id string, withMembers bool, g *Group) error {
 
 func members(tb *bolt.Bucket, gid string) []Member {
 	prefix := append([]byte(gid), 0)
-	var out []Member
+	out := []Member{} // loaded and empty is not the same as not loaded
 	c := tb.Bucket(bucketMembers).Cursor()
 	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
 		var r memberRecord
