@@ -1,6 +1,7 @@
 package scim
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -101,13 +102,18 @@ func invalidDetail(err error) string {
 	return err.Error()
 }
 
+// writeJSON writes v as the response body. HTML escaping is off so that
+// values come back byte for byte as they were sent ("R&D", not "R\u0026D").
 func writeJSON(w http.ResponseWriter, status int, v any) {
-	data, err := json.Marshal(v)
-	if err != nil { // only our own maps of strings reach here
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil { // only our own maps of strings reach here
 		status = http.StatusInternalServerError
-		data = []byte(`{"schemas":["` + schemaError + `"],"status":"500","detail":"internal error"}`)
+		buf.Reset()
+		buf.WriteString(`{"schemas":["` + schemaError + `"],"status":"500","detail":"internal error"}`)
 	}
 	w.Header().Set("Content-Type", "application/scim+json; charset=utf-8")
 	w.WriteHeader(status)
-	w.Write(data)
+	w.Write(buf.Bytes())
 }

@@ -254,7 +254,13 @@ func ifMatch(r *http.Request) (uint64, error) {
 
 var e164 = regexp.MustCompile(`^\+[1-9][0-9]{1,14}$`)
 
-func checkPhones(u *store.User, opts TenantOptions) error {
+// checkUser applies the checks beyond the schema: custom-field expressions
+// in externalId must be well formed, and phone numbers in E.164 form where
+// the tenant requires it.
+func checkUser(u *store.User, opts TenantOptions) error {
+	if _, _, err := mapping.ParseCustomFields(u.ExternalID); err != nil {
+		return errorf(http.StatusBadRequest, "invalidValue", "externalId: %v", err)
+	}
 	if !opts.E164 {
 		return nil
 	}

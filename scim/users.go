@@ -55,7 +55,7 @@ func (h *Handler) userFromBody(r *http.Request, t *tenantCtx) (store.User, error
 	if u.UserName == "" {
 		return u, errorf(http.StatusBadRequest, "invalidValue", "userName is required: every User needs a userName (Entra's default mapping sends userPrincipalName)")
 	}
-	return u, checkPhones(&u, t.opts)
+	return u, checkUser(&u, t.opts)
 }
 
 func (h *Handler) createUser(w http.ResponseWriter, r *http.Request, t *tenantCtx) error {
@@ -134,7 +134,7 @@ func (h *Handler) patchUser(w http.ResponseWriter, r *http.Request, t *tenantCtx
 		if nu.UserName == "" {
 			return errorf(http.StatusBadRequest, "mutability", "userName is required and cannot be removed")
 		}
-		if err := checkPhones(&nu, t.opts); err != nil {
+		if err := checkUser(&nu, t.opts); err != nil {
 			return err
 		}
 		*u = nu

@@ -1,0 +1,580 @@
+package ldap
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/scimldap/scimldap/mapping"
+	"github.com/scimldap/scimldap/store"
+)
+
+// eattr is one attribute of an entry with its values normalised under the
+// attribute's equality rule (sharing the value's memory when unchanged).
+type eattr struct {
+	t    *attrType
+	name string
+	vals []string
+	norm []string
+}
+
+// entry is one LDAP entry as served.
+type entry struct {
+	dn    string
+	ndn   string
+	key   string // iteration and paging order: containers, users, groups
+	attrs []eattr
+	op    []eattr
+}
+
+func (e *entry) get(t *attrType) *eattr {
+	for i := range e.attrs {
+		if e.attrs[i].t == t {
+			return &e.attrs[i]
+		}
+	}
+	for i := range e.op {
+		if e.op[i].t == t {
+			return &e.op[i]
+		}
+	}
+	return nil
+}
+
+const subschemaDN = "cn=Subschema"
+
+func newEntry(me mapping.Entry, key string) *entry {
+	e := &entry{dn: me.DN, key: key}
+	e.ndn, _ = normDN(me.DN)
+	conv := func(as []mapping.Attr) []eattr {
+		out := make([]eattr, 0, len(as))
+		for _, a := range as {
+			t := registerAttr(a.Name)
+			ea := eattr{t: t, name: a.Name, vals: a.Values, norm: a.Values}
+			if t.rule != ruleOctet {
+				var norm []string
+				for i, v := range a.Values {
+					n := t.normalize(v)
+					if n != v && norm == nil {
+						norm = make([]string, len(a.Values))
+						copy(norm, a.Values[:i])
+					}
+					if norm != nil {
+						norm[i] = n
+					}
+				}
+				if norm != nil {
+					ea.norm = norm
+				}
+			}
+			out = append(out, ea)
+		}
+		return out
+	}
+	e.attrs = conv(me.Attrs)
+	e.op = conv(append(me.Operational, mapping.Attr{Name: "entryDN", Values: []string{me.DN}},
+		mapping.Attr{Name: "subschemaSubentry", Values: []string{subschemaDN}}))
+	return e
+}
+
+// indexed are the attributes with an equality index: what phone lookups,
+// sync jobs and bind-by-attribute queries ask for.
+var indexed = []string{"uid", "cn", "sn", "givenName", "displayName", "mail", "telephoneNumber", "mobile", "ipPhone",
+	"employeeNumber", "sAMAccountName", "userPrincipalName", "member", "memberOf", "entryUUID"}
+
+// directory holds one view per tenant, loaded on first use.
+type directory struct {
+	st   *store.Store
+	opts func(tenant string) mapping.Options
+	log  *slog.Logger
+
+	mu    sync.Mutex
+	views map[string]*view
+}
+
+func newDirectory(st *store.Store, opts func(string) mapping.Options, log *slog.Logger) *directory {
+	d := &directory{st: st, opts: opts, log: log, views: map[string]*view{}}
+	st.Watch(d.onChange)
+	return d
+}
+
+// onChange runs on the store's writer goroutine after each commit: it only
+// queues the change; the view applies it before its next search.
+func (d *directory) onChange(c store.Change) {
+	d.mu.Lock()
+	v := d.views[c.Tenant]
+	if v != nil && c.Kind == "" { // the tenant itself changed: rebuild
+		delete(d.views, c.Tenant)
+	}
+	d.mu.Unlock()
+	if v != nil && c.Kind != "" {
+		v.queue(c)
+	}
+}
+
+// view returns tenant t's view, loading it if needed. Returns an error
+// wrapping store.ErrNotFound for an unknown tenant.
+func (d *directory) view(ctx context.Context, t string) (*view, error) {
+	t = strings.ToLower(t)
+	d.mu.Lock()
+	v := d.views[t]
+	if v == nil {
+		o := d.opts(t)
+		v = &view{tenant: t, opts: o, ready: make(chan struct{}), pending: map[store.Change]struct{}{}}
+		if o.ScopeFilter != "" {
+			f, err := ParseFilter(o.ScopeFilter)
+			if err != nil {
+				d.mu.Unlock()
+				return nil, fmt.Errorf("tenant %s scope_filter: %w", t, err)
+			}
+			v.scope = f
+		}
+		d.views[t] = v
+		go v.load(context.WithoutCancel(ctx), d)
+	}
+	d.mu.Unlock()
+	select {
+	case <-v.ready:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	if v.loadErr != nil {
+		d.mu.Lock()
+		if d.views[t] == v {
+			delete(d.views, t)
+		}
+		d.mu.Unlock()
+		return nil, v.loadErr
+	}
+	if err := v.sync(ctx, d.st); err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+// preload loads every tenant's view in the background, so the first search
+// after a start does not wait.
+func (d *directory) preload(ctx context.Context) {
+	ts, err := d.st.Tenants(ctx)
+	if err != nil {
+		d.log.Warn("preload of LDAP views failed", "err", err)
+		return
+	}
+	for _, t := range ts {
+		if _, err := d.view(ctx, t.Name); err != nil && ctx.Err() == nil {
+			d.log.Warn("preload of LDAP view failed", "tenant", t.Name, "err", err)
+		}
+	}
+}
+
+type userState struct {
+	e       *entry
+	visible bool
+	manager string
+}
+
+type groupState struct {
+	e       *entry
+	g       store.Group
+	members []string
+	visible bool
+}
+
+// view is one tenant's directory tree in memory.
+type view struct {
+	tenant  string
+	opts    mapping.Options
+	scope   *lfilter
+	ready   chan struct{}
+	loadErr error
+
+	mu         sync.RWMutex
+	byNDN      map[string]*entry
+	containers []*entry
+	userList   []*entry // visible users, sorted by key
+	groupList  []*entry
+	users      map[string]*userState
+	groups     map[string]*groupState
+	reports    map[string]map[string]struct{} // manager id → user ids
+	memberOf   map[string]map[string]struct{} // member id → group ids
+	eq         map[*attrType]map[string][]*entry
+
+	pmu     sync.Mutex
+	pending map[store.Change]struct{}
+
+	tenantDN, peopleDN, groupsDN, adminDN string // normalised
+}
+
+func (v *view) queue(c store.Change) {
+	v.pmu.Lock()
+	v.pending[c] = struct{}{}
+	v.pmu.Unlock()
+}
+
+// sync applies queued changes. Searches call it first, so a search always
+// sees every write acknowledged before it started.
+func (v *view) sync(ctx context.Context, st *store.Store) error {
+	v.pmu.Lock()
+	if len(v.pending) == 0 {
+		v.pmu.Unlock()
+		return nil
+	}
+	changes := v.pending
+	v.pending = map[store.Change]struct{}{}
+	v.pmu.Unlock()
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	var firstErr error
+	// Groups first, so user entries see current membership.
+	for _, kind := range []store.Kind{store.KindGroup, store.KindUser} {
+		for c := range changes {
+			if c.Kind != kind {
+				continue
+			}
+			var err error
+			if kind == store.KindGroup {
+				err = v.applyGroup(ctx, st, c.ID)
+			} else {
+				err = v.applyUser(ctx, st, c.ID, true)
+			}
+			if err != nil && firstErr == nil {
+				firstErr = err
+				v.queue(c) // retry on the next search
+			}
+		}
+	}
+	return firstErr
+}
+
+func (v *view) load(ctx context.Context, d *directory) {
+	defer close(v.ready)
+	v.byNDN = map[string]*entry{}
+	v.users = map[string]*userState{}
+	v.groups = map[string]*groupState{}
+	v.reports = map[string]map[string]struct{}{}
+	v.memberOf = map[string]map[string]struct{}{}
+	v.eq = map[*attrType]map[string][]*entry{}
+	for _, n := range indexed {
+		v.eq[registerAttr(n)] = map[string][]*entry{}
+	}
+	if _, err := d.st.Tenant(ctx, v.tenant); err != nil {
+		v.loadErr = err
+		return
+	}
+	v.buildContainers()
+	err := d.st.ScanGroups(ctx, v.tenant, true, func(g *store.Group) error {
+		gs := &groupState{g: *g}
+		for _, m := range g.Members {
+			gs.members = append(gs.members, m.ID)
+			addRel(v.memberOf, m.ID, g.ID)
+		}
+		gs.g.Members = nil
+		v.groups[g.ID] = gs
+		return nil
+	})
+	if err == nil {
+		// Group entries first (memberOf needs their DNs), member DNs after.
+		for id := range v.groups {
+			v.buildGroupEntry(id)
+		}
+		err = d.st.ScanUsers(ctx, v.tenant, func(u *store.User) error {
+			v.putUser(u)
+			return nil
+		})
+	}
+	if err != nil {
+		v.loadErr = fmt.Errorf("load LDAP view of tenant %s: %w", v.tenant, err)
+		return
+	}
+	// Manager DNs need every user loaded; member DNs need every user placed.
+	for id, us := range v.users {
+		if us.manager != "" {
+			if err := v.applyUser(ctx, d.st, id, false); err != nil {
+				v.loadErr = err
+				return
+			}
+		}
+	}
+	for id := range v.groups {
+		v.buildGroupEntry(id)
+	}
+	d.log.Info("LDAP view loaded", "tenant", v.tenant, "users", len(v.userList), "groups", len(v.groupList))
+}
+
+func addRel(m map[string]map[string]struct{}, k, v string) {
+	s := m[k]
+	if s == nil {
+		s = map[string]struct{}{}
+		m[k] = s
+	}
+	s[v] = struct{}{}
+}
+
+func delRel(m map[string]map[string]struct{}, k, v string) {
+	if s := m[k]; s != nil {
+		delete(s, v)
+		if len(s) == 0 {
+			delete(m, k)
+		}
+	}
+}
+
+func (v *view) buildContainers() {
+	tdn := v.opts.TenantDN(v.tenant)
+	mk := func(dn, key string, attrs ...mapping.Attr) *entry {
+		e := newEntry(mapping.Entry{DN: dn, Attrs: attrs}, key)
+		v.byNDN[e.ndn] = e
+		v.containers = append(v.containers, e)
+		return e
+	}
+	te := mk(tdn, "0a", mapping.Attr{Name: "objectClass", Values: []string{"top", "organization"}}, mapping.Attr{Name: "o", Values: []string{v.tenant}})
+	pe := mk("ou=people,"+tdn, "0b", mapping.Attr{Name: "objectClass", Values: []string{"top", "organizationalUnit"}}, mapping.Attr{Name: "ou", Values: []string{"people"}})
+	ge := mk("ou=groups,"+tdn, "0c", mapping.Attr{Name: "objectClass", Values: []string{"top", "organizationalUnit"}}, mapping.Attr{Name: "ou", Values: []string{"groups"}})
+	ae := mk("ou=admin,"+tdn, "0d", mapping.Attr{Name: "objectClass", Values: []string{"top", "organizationalUnit"}}, mapping.Attr{Name: "ou", Values: []string{"admin"}},
+		mapping.Attr{Name: "description", Values: []string{"service accounts that bind to this directory; not listed"}})
+	v.tenantDN, v.peopleDN, v.groupsDN, v.adminDN = te.ndn, pe.ndn, ge.ndn, ae.ndn
+}
+
+func (v *view) userDN(id string) string {
+	if us := v.users[id]; us != nil && us.visible {
+		return us.e.dn
+	}
+	return ""
+}
+
+func (v *view) groupDNsOf(id string) []string {
+	var dns []string
+	for gid := range v.memberOf[id] {
+		if gs := v.groups[gid]; gs != nil && gs.e != nil {
+			dns = append(dns, gs.e.dn)
+		}
+	}
+	sort.Strings(dns)
+	return dns
+}
+
+// putUser (re)builds the entry of u and places it; it returns the old
+// entry's DN and visibility so callers can tell whether dependents change.
+func (v *view) putUser(u *store.User) (oldDN string, oldVisible bool) {
+	old := v.users[u.ID]
+	if old != nil {
+		oldDN, oldVisible = old.e.dn, old.visible
+		v.unplace(old.e, old.visible)
+		if old.manager != u.Enterprise.Manager {
+			delRel(v.reports, old.manager, u.ID)
+		}
+	}
+	if u.Enterprise.Manager != "" {
+		addRel(v.reports, u.Enterprise.Manager, u.ID)
+	}
+	e := newEntry(v.opts.UserEntry(v.tenant, u, v.userDN(u.Enterprise.Manager), v.groupDNsOf(u.ID)), "1"+u.ID)
+	us := &userState{e: e, manager: u.Enterprise.Manager}
+	us.visible = v.opts.Visible(u) && v.opts.UserRDNValue(u) != "" && (v.scope == nil || v.scope.match(e) == trueT)
+	if other := v.byNDN[e.ndn]; us.visible && other != nil && other != e {
+		// Two users mapping to one DN (a uid mapping that is not unique):
+		// the first keeps it; the second stays hidden rather than shadow it.
+		us.visible = false
+	}
+	v.users[u.ID] = us
+	v.place(e, us.visible)
+	return
+}
+
+func (v *view) place(e *entry, visible bool) {
+	if !visible {
+		return
+	}
+	v.byNDN[e.ndn] = e
+	if strings.HasPrefix(e.key, "1") {
+		v.userList = insertSorted(v.userList, e)
+	} else {
+		v.groupList = insertSorted(v.groupList, e)
+	}
+	for _, a := range e.attrs {
+		if idx := v.eq[a.t]; idx != nil {
+			for _, n := range a.norm {
+				idx[n] = append(idx[n], e)
+			}
+		}
+	}
+	for _, a := range e.op {
+		if idx := v.eq[a.t]; idx != nil {
+			for _, n := range a.norm {
+				idx[n] = append(idx[n], e)
+			}
+		}
+	}
+}
+
+func (v *view) unplace(e *entry, visible bool) {
+	if !visible {
+		return
+	}
+	if v.byNDN[e.ndn] == e {
+		delete(v.byNDN, e.ndn)
+	}
+	if strings.HasPrefix(e.key, "1") {
+		v.userList = removeSorted(v.userList, e)
+	} else {
+		v.groupList = removeSorted(v.groupList, e)
+	}
+	drop := func(as []eattr) {
+		for _, a := range as {
+			if idx := v.eq[a.t]; idx != nil {
+				for _, n := range a.norm {
+					l := idx[n]
+					for i, x := range l {
+						if x == e {
+							l[i] = l[len(l)-1]
+							l = l[:len(l)-1]
+							break
+						}
+					}
+					if len(l) == 0 {
+						delete(idx, n)
+					} else {
+						idx[n] = l
+					}
+				}
+			}
+		}
+	}
+	drop(e.attrs)
+	drop(e.op)
+}
+
+func insertSorted(l []*entry, e *entry) []*entry {
+	i := sort.Search(len(l), func(i int) bool { return l[i].key >= e.key })
+	if i < len(l) && l[i] == e {
+		return l
+	}
+	l = append(l, nil)
+	copy(l[i+1:], l[i:])
+	l[i] = e
+	return l
+}
+
+func removeSorted(l []*entry, e *entry) []*entry {
+	i := sort.Search(len(l), func(i int) bool { return l[i].key >= e.key })
+	if i < len(l) && l[i] == e {
+		return append(l[:i], l[i+1:]...)
+	}
+	return l
+}
+
+// applyUser reloads user id from the store and updates its entry; with
+// cascade, entries that show its DN (reports' manager, groups' member)
+// are refreshed when the DN or visibility changed.
+func (v *view) applyUser(ctx context.Context, st *store.Store, id string, cascade bool) error {
+	u, err := st.User(ctx, v.tenant, id)
+	if errors.Is(err, store.ErrNotFound) {
+		v.removeUser(ctx, st, id)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	oldDN, oldVis := v.putUser(&u)
+	us := v.users[id]
+	if cascade && (oldDN != us.e.dn || oldVis != us.visible) {
+		return v.refreshDependents(ctx, st, id)
+	}
+	return nil
+}
+
+func (v *view) refreshDependents(ctx context.Context, st *store.Store, id string) error {
+	for rid := range v.reports[id] {
+		if err := v.applyUser(ctx, st, rid, false); err != nil {
+			return err
+		}
+	}
+	for gid := range v.memberOf[id] {
+		v.buildGroupEntry(gid)
+	}
+	return nil
+}
+
+func (v *view) removeUser(ctx context.Context, st *store.Store, id string) {
+	us := v.users[id]
+	if us == nil {
+		return
+	}
+	v.unplace(us.e, us.visible)
+	delRel(v.reports, us.manager, id)
+	delete(v.users, id)
+	_ = v.refreshDependents(ctx, st, id) // dependents lose the DN
+}
+
+// applyGroup reloads group id with its members and updates its entry and
+// the memberOf of every member that joined or left.
+func (v *view) applyGroup(ctx context.Context, st *store.Store, id string) error {
+	g, err := st.Group(ctx, v.tenant, id, true)
+	notFound := errors.Is(err, store.ErrNotFound)
+	if err != nil && !notFound {
+		return err
+	}
+	affected := map[string]struct{}{}
+	old := v.groups[id]
+	renamed := false
+	if old != nil {
+		for _, m := range old.members {
+			delRel(v.memberOf, m, id)
+			affected[m] = struct{}{}
+		}
+		if old.e != nil {
+			v.unplace(old.e, old.visible)
+			renamed = notFound || old.g.DisplayName != g.DisplayName
+		}
+	}
+	if notFound {
+		delete(v.groups, id)
+	} else {
+		gs := &groupState{g: g}
+		for _, m := range g.Members {
+			gs.members = append(gs.members, m.ID)
+			addRel(v.memberOf, m.ID, id)
+			affected[m.ID] = struct{}{}
+		}
+		gs.g.Members = nil
+		v.groups[id] = gs
+		v.buildGroupEntry(id)
+	}
+	for m := range affected {
+		if _, isUser := v.users[m]; isUser {
+			if err := v.applyUser(ctx, st, m, false); err != nil {
+				return err
+			}
+		} else if gs := v.groups[m]; gs != nil && renamed {
+			v.buildGroupEntry(m) // a nested group's memberOf is not served; its entry stays
+		}
+	}
+	return nil
+}
+
+// buildGroupEntry (re)builds group id's entry from its state and the
+// current DNs of its members.
+func (v *view) buildGroupEntry(id string) {
+	gs := v.groups[id]
+	if gs == nil {
+		return
+	}
+	if gs.e != nil {
+		v.unplace(gs.e, gs.visible)
+	}
+	var dns []string
+	for _, m := range gs.members {
+		if dn := v.userDN(m); dn != "" {
+			dns = append(dns, dn)
+		} else if ng := v.groups[m]; ng != nil && ng.e != nil && m != id {
+			dns = append(dns, ng.e.dn)
+		}
+	}
+	sort.Strings(dns)
+	gs.e = newEntry(v.opts.GroupEntry(v.tenant, &gs.g, dns), "2"+id)
+	gs.visible = v.byNDN[gs.e.ndn] == nil
+	v.place(gs.e, gs.visible)
+}
