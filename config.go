@@ -125,7 +125,7 @@ func DefaultConfig() Config {
 			MaxMessageBytes: lc.MaxMessageBytes,
 			PageCookieTTL:   Duration{lc.PageCookieTTL},
 		},
-		TLS:     TLSConfig{Mode: apptls.ModeSelfSigned, ACMEHTTPAddr: ":80"},
+		TLS:     TLSConfig{Mode: apptls.ModeSelfSigned, ACMEHTTPAddr: ":80", Hostnames: []string{}, ACMEDomains: []string{}},
 		Tenants: map[string]TenantConfig{},
 	}
 }
@@ -238,6 +238,11 @@ func (c *Config) Validate() error {
 		}
 		if _, err := c.ldapTenant(n); err != nil {
 			add("tenants.%s.%v", n, err)
+		}
+		if f := c.Tenants[n].ScopeFilter; f != "" {
+			if err := ldap.ValidateFilter(f); err != nil {
+				add("tenants.%s.scope_filter: %v", n, err)
+			}
 		}
 	}
 	return errors.Join(errs...)

@@ -16,7 +16,7 @@ type rdn struct {
 // parseDN parses an RFC 4514 distinguished name. The empty string is the
 // root DSE (no RDNs).
 func parseDN(s string) ([]rdn, error) {
-	s = strings.TrimSpace(s)
+	s = strings.Trim(s, " ")
 	if s == "" {
 		return nil, nil
 	}
@@ -141,8 +141,9 @@ func escapeNorm(v string) string {
 	}
 	var b strings.Builder
 	for i := 0; i < len(v); i++ {
-		switch c := v[i]; c {
-		case ',', '+', '=', '\\', '"', '<', '>', ';', '#':
+		switch c := v[i]; {
+		case c == ',' || c == '+' || c == '=' || c == '\\' || c == '"' || c == '<' || c == '>' || c == ';' || c == '#',
+			c == ' ' && (i == 0 || i == len(v)-1):
 			b.WriteByte('\\')
 			b.WriteByte(c)
 		default:

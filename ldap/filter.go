@@ -43,7 +43,9 @@ type FilterError struct {
 	Reason string
 }
 
-func (e *FilterError) Error() string { return fmt.Sprintf("invalid LDAP filter at position %d: %s", e.Pos, e.Reason) }
+func (e *FilterError) Error() string {
+	return fmt.Sprintf("invalid LDAP filter at position %d: %s", e.Pos, e.Reason)
+}
 
 const maxFilterDepth = 64
 
@@ -307,6 +309,10 @@ func (f *lfilter) write(b *strings.Builder) {
 	case fPresent:
 		b.WriteString(f.attr + "=*")
 	case fSubstr:
+		if f.init == "" && len(f.any) == 0 && f.final == "" {
+			b.WriteString(f.attr + "=**") // not "=*", which would be presence
+			break
+		}
 		b.WriteString(f.attr + "=" + escapeValue(f.init) + "*")
 		for _, a := range f.any {
 			b.WriteString(escapeValue(a) + "*")

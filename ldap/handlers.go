@@ -43,19 +43,24 @@ const (
 // Clients cannot send it: the guard refuses binds with this name.
 const helloPrefix = "scimldap-guard-hello="
 
-// guarded wraps a handler so that a panic answers that request with
-// "other" and is logged, instead of killing the process (gldap runs each
-// request in a goroutine without recovery).
+// guarded wraps a handler so that a panic is logged instead of killing the
+// process (gldap runs each request in a goroutine without recovery). The
+// bind and search handlers recover themselves and answer "other"; this is
+// the backstop for the rest.
 func (s *Server) guarded(h gldap.HandlerFunc) gldap.HandlerFunc {
 	return func(w *gldap.ResponseWriter, r *gldap.Request) {
 		defer func() {
 			if p := recover(); p != nil {
-				s.log.Error("panic in LDAP handler", "panic", p, "stack", string(debug.Stack()))
+				s.logPanic(p)
 				w.Write(r.NewResponse(gldap.WithResponseCode(resOther), gldap.WithDiagnosticMessage("internal error; the appliance log has the details")))
 			}
 		}()
 		h(w, r)
 	}
+}
+
+func (s *Server) logPanic(p any) {
+	s.log.Error("panic in LDAP handler", "panic", p, "stack", string(debug.Stack()))
 }
 
 func (s *Server) handleDefault(w *gldap.ResponseWriter, r *gldap.Request) {
@@ -64,7 +69,14 @@ func (s *Server) handleDefault(w *gldap.ResponseWriter, r *gldap.Request) {
 
 func (s *Server) handleBind(w *gldap.ResponseWriter, r *gldap.Request) {
 	resp := r.NewBindResponse(gldap.WithResponseCode(resInvalidCredentials))
-	defer func() { w.Write(resp) }()
+	defer func() {
+		if p := recover(); p != nil {
+			s.logPanic(p)
+			resp.SetResultCode(resOther)
+			resp.SetDiagnosticMessage("internal error; the appliance log has the details")
+		}
+		w.Write(resp)
+	}()
 	m, err := r.GetSimpleBindMessage()
 	if err != nil {
 		resp.SetResultCode(resProtocolError)
@@ -233,7 +245,14 @@ func newCookie() string {
 
 func (s *Server) handleSearch(w *gldap.ResponseWriter, r *gldap.Request) {
 	done := r.NewSearchDoneResponse(gldap.WithResponseCode(resSuccess))
-	defer func() { w.Write(done) }()
+	defer func() {
+		if p := recover(); p != nil {
+			s.logPanic(p)
+			done.SetResultCode(resOther)
+			done.SetDiagnosticMessage("internal error; the appliance log has the details")
+		}
+		w.Write(done)
+	}()
 	fail := func(code int, format string, args ...any) {
 		done.SetResultCode(code)
 		done.SetDiagnosticMessage(fmt.Sprintf(format, args...))

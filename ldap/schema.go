@@ -109,6 +109,16 @@ var attrTypes = func() []attrType {
 		{name: "subschemaSubentry", oid: "2.5.18.10", syntax: synDN, rule: ruleDN, single: true, operational: true, desc: "the subschema entry"},
 		{name: "hasSubordinates", oid: "2.5.18.9", syntax: synBoolean, rule: ruleBoolean, single: true, operational: true, desc: "TRUE if the entry has children"},
 	}
+	// Attributes of the root DSE and the subschema entry (RFC 4512).
+	for _, d := range [][2]string{{"namingContexts", "1.3.6.1.4.1.1466.101.120.5"}, {"defaultNamingContext", "1.2.840.113556.1.4.1004"},
+		{"supportedLDAPVersion", "1.3.6.1.4.1.1466.101.120.15"}, {"supportedControl", "1.3.6.1.4.1.1466.101.120.13"},
+		{"supportedExtension", "1.3.6.1.4.1.1466.101.120.7"}, {"supportedFeatures", "1.3.6.1.4.1.4203.1.3.5"},
+		{"supportedSASLMechanisms", "1.3.6.1.4.1.1466.101.120.14"}, {"vendorName", "1.3.6.1.1.4"}, {"vendorVersion", "1.3.6.1.1.5"},
+		{"attributeTypes", "2.5.21.5"}, {"objectClasses", "2.5.21.6"}} {
+		t := str(d[0], d[1], "server information")
+		t.operational = true
+		ts = append(ts, t)
+	}
 	for i := 1; i <= 10; i++ {
 		ts = append(ts, str("custom"+strconv.Itoa(i), oidArc+".2."+strconv.Itoa(i), "custom field "+strconv.Itoa(i)+" from Entra ID's externalId expression"))
 	}

@@ -136,7 +136,7 @@ func (v *view) run(q query, emit func(*entry) bool) {
 // selection is the parsed attribute list of a search request.
 type selection struct {
 	all, operational, none bool
-	names              map[*attrType]bool
+	names                  map[*attrType]bool
 }
 
 func parseSelection(attrs []string) selection {

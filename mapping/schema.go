@@ -136,14 +136,22 @@ var UserSchema = Schema{
 			str("formatted", "The full mailing address."), str("streetAddress", "The full street address component."),
 			str("locality", "The city or locality component."), str("region", "The state or region component."),
 			str("postalCode", "The zip code or postal code component."), str("country", "The country name component."),
-			func() Attribute { a := str("type", "A label indicating the attribute's function."); a.CanonicalValues = []string{"work", "home", "other"}; return a }(),
+			func() Attribute {
+				a := str("type", "A label indicating the attribute's function.")
+				a.CanonicalValues = []string{"work", "home", "other"}
+				return a
+			}(),
 			boolean("primary", "Indicates the primary address.")),
 		readOnly(complexAttr("groups", "A list of groups to which the user belongs, direct membership only.", true,
 			str("value", "The identifier of the User's group."), ref("$ref", "The URI of the corresponding Group resource.", "Group"),
 			str("display", "A human-readable name of the group."), str("type", "direct"))),
 		multi("entitlements", "A list of entitlements for the User.", nil, ""),
 		multi("roles", "A list of roles for the User.", nil, ""),
-		func() Attribute { a := multi("x509Certificates", "A list of certificates issued to the User.", nil, "binary"); a.SubAttributes[0].CaseExact = true; return a }(),
+		func() Attribute {
+			a := multi("x509Certificates", "A list of certificates issued to the User.", nil, "binary")
+			a.SubAttributes[0].CaseExact = true
+			return a
+		}(),
 	},
 }
 
@@ -176,7 +184,11 @@ var GroupSchema = Schema{
 			str("value", "Identifier of the member of this Group."),
 			ref("$ref", "The URI corresponding to a SCIM resource that is a member of this Group.", "User", "Group"),
 			str("display", "A human-readable name of the member."),
-			func() Attribute { a := str("type", "User or Group."); a.CanonicalValues = []string{"User", "Group"}; return a }()),
+			func() Attribute {
+				a := str("type", "User or Group.")
+				a.CanonicalValues = []string{"User", "Group"}
+				return a
+			}()),
 	},
 }
 

@@ -118,6 +118,9 @@ func ParseFilter(s string) (Filter, error) {
 	if len(s) > 8192 {
 		return nil, &FilterError{0, "filter is longer than 8192 bytes"}
 	}
+	if !utf8.ValidString(s) {
+		return nil, &FilterError{0, "filter is not valid UTF-8"}
+	}
 	p := &filterParser{src: s}
 	p.next()
 	f, err := p.parseOr(0)
@@ -164,6 +167,7 @@ type token struct {
 	kind tokKind
 	text string // word text or decoded string
 	pos  int
+	bad  string // for a string that does not lex: why
 }
 
 type filterParser struct {
@@ -188,16 +192,16 @@ func (p *filterParser) next() {
 	switch c := p.src[p.off]; c {
 	case '(':
 		p.off++
-		p.tok = token{tokLParen, "(", start}
+		p.tok = token{kind: tokLParen, text: "(", pos: start}
 	case ')':
 		p.off++
-		p.tok = token{tokRParen, ")", start}
+		p.tok = token{kind: tokRParen, text: ")", pos: start}
 	case '[':
 		p.off++
-		p.tok = token{tokLBracket, "[", start}
+		p.tok = token{kind: tokLBracket, text: "[", pos: start}
 	case ']':
 		p.off++
-		p.tok = token{tokRBracket, "]", start}
+		p.tok = token{kind: tokRBracket, text: "]", pos: start}
 	case '"':
 		p.tok = p.lexString()
 	default:
@@ -208,7 +212,7 @@ func (p *filterParser) next() {
 			}
 			p.off++
 		}
-		p.tok = token{tokWord, p.src[start:p.off], start}
+		p.tok = token{kind: tokWord, text: p.src[start:p.off], pos: start}
 	}
 }
 
@@ -226,15 +230,15 @@ func (p *filterParser) lexString() token {
 			var s string
 			if err := json.Unmarshal([]byte(p.src[start:i+1]), &s); err != nil {
 				p.off = len(p.src)
-				return token{kind: tokString, text: "\x00bad", pos: start}
+				return token{kind: tokString, pos: start, bad: "invalid escape in string"}
 			}
 			p.off = i + 1
-			return token{tokString, s, start}
+			return token{kind: tokString, text: s, pos: start}
 		}
 		i++
 	}
 	p.off = len(p.src)
-	return token{kind: tokString, text: "\x00open", pos: start}
+	return token{kind: tokString, pos: start, bad: "unterminated string"}
 }
 
 func (p *filterParser) isWord(w string) bool {
@@ -374,11 +378,8 @@ func (p *filterParser) parseAttrExpr(depth int) (Filter, error) {
 	var v any
 	switch p.tok.kind {
 	case tokString:
-		if strings.HasPrefix(p.tok.text, "\x00") {
-			if p.tok.text == "\x00open" {
-				return nil, p.errorf("unterminated string")
-			}
-			return nil, p.errorf("invalid escape in string")
+		if p.tok.bad != "" {
+			return nil, p.errorf("%s", p.tok.bad)
 		}
 		v = p.tok.text
 	case tokWord:

@@ -148,7 +148,27 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	defer func() { <-h.slots }()
+	canonicalEndpoint(r)
 	h.mux.ServeHTTP(w, r)
+}
+
+// endpoints maps lower-case endpoint names to their canonical spelling:
+// clients (Microsoft's own test collection among them) write /users.
+var endpoints = map[string]string{"users": "Users", "groups": "Groups", "schemas": "Schemas", "resourcetypes": "ResourceTypes",
+	"serviceproviderconfig": "ServiceProviderConfig", "serviceconfiguration": "serviceConfiguration", "health": "health"}
+
+// canonicalEndpoint rewrites /scim/v2/{tenant}/{endpoint}… so that the
+// endpoint name matches in any case.
+func canonicalEndpoint(r *http.Request) {
+	parts := strings.SplitN(r.URL.Path, "/", 6) // "", scim, v2, tenant, endpoint, rest
+	if len(parts) < 5 || parts[1] != "scim" || parts[2] != "v2" {
+		return
+	}
+	if c, ok := endpoints[strings.ToLower(parts[4])]; ok && c != parts[4] {
+		parts[4] = c
+		r.URL.Path = strings.Join(parts, "/")
+		r.URL.RawPath = ""
+	}
 }
 
 func (h *Handler) tenantRoute(methods map[string]tenantHandler) http.HandlerFunc {

@@ -6,7 +6,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-
 )
 
 const schemaListResponse = "urn:ietf:params:scim:api:messages:2.0:ListResponse"

@@ -1,0 +1,57 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+// The shipped appliance.toml documents the defaults: decoding it must give
+// exactly DefaultConfig, so the two can never drift apart.
+func TestReferenceConfigIsTheDefaults(t *testing.T) {
+	got, err := loadConfig("appliance.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := DefaultConfig(); !reflect.DeepEqual(got, want) {
+		t.Fatalf("appliance.toml decodes to\n%+v\nwant DefaultConfig()\n%+v", got, want)
+	}
+	if err := got.Validate(); err != nil {
+		t.Fatalf("defaults do not validate: %v", err)
+	}
+}
+
+func TestInvalidConfigNamesTheKey(t *testing.T) {
+	tests := []struct {
+		name, toml, want string
+	}{
+		{"unknown key", "[scim]\nadress = \":1\"\n", "scim.adress"},
+		{"syntax error", "data_dir = \n", "line 1"},
+		{"bad duration", "[scim]\nrequest_timeout = \"soon\"\n", "not a duration"},
+		{"plain LDAP on all interfaces", "[ldap]\naddr = \":389\"\n", "ldap.addr"},
+		{"bad address", "[scim]\naddr = \"8443\"\n", "scim.addr"},
+		{"bad tls mode", "[tls]\nmode = \"magic\"\n", "tls.mode"},
+		{"files without paths", "[tls]\nmode = \"files\"\n", "tls.cert_file"},
+		{"acme without domains", "[tls]\nmode = \"acme\"\n", "tls.acme_domains"},
+		{"bad scope filter", "[tenants.acme]\nscope_filter = \"(&(department=Sales)(l=NYC)\"\n", "tenants.acme.scope_filter"},
+		{"bad mapping path", "[tenants.acme.attributes]\nmail = \"emial\"\n", "tenants.acme.attributes.mail"},
+		{"bad tenant name", "[tenants.\"a b\"]\n", "tenants.a b"},
+		{"bad suffix", "[ldap]\nsuffix = \"nonsense\"\n", "ldap.suffix"},
+		{"bad log level", "log_level = \"loud\"\n", "log_level"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "a.toml")
+			os.WriteFile(path, []byte(tt.toml), 0o600)
+			cfg, err := loadConfig(path)
+			if err == nil {
+				err = cfg.Validate()
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("config %q: err = %v; want it to mention %q", tt.toml, err, tt.want)
+			}
+		})
+	}
+}
