@@ -4,6 +4,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"strings"
+	"unicode/utf8"
 )
 
 // rdn is one attribute=value pair of a DN (multi-valued RDNs are kept as
@@ -22,6 +23,9 @@ func parseDN(s string) ([]rdn, error) {
 	}
 	if len(s) > 4096 {
 		return nil, fmt.Errorf("DN longer than 4096 bytes")
+	}
+	if !utf8.ValidString(s) {
+		return nil, fmt.Errorf("DN is not valid UTF-8")
 	}
 	var out []rdn
 	i := 0

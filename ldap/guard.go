@@ -201,7 +201,13 @@ func (gc *guardConn) pumpClient() {
 		}
 		switch env.op.tag {
 		case tagSearchRequest:
-			if !gc.forward(frame) {
+			f, rewritten, err := rewriteSearch(env)
+			if err != nil {
+				gc.writeClient(ldapResult(env.id, tagSearchDone, resProtocolError, "", "malformed search request: "+err.Error()))
+				continue
+			}
+			gc.ci.putFilter(env.id, f)
+			if !gc.forward(rewritten) {
 				return
 			}
 		case tagBindRequest:

@@ -274,9 +274,9 @@ func (s *Server) handleSearch(w *gldap.ResponseWriter, r *gldap.Request) {
 	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer ci.track(m.GetID(), cancel)()
 
-	f, err := ParseFilter(m.Filter)
-	if err != nil {
-		fail(resProtocolError, "%v", err)
+	f := ci.takeFilter(m.GetID())
+	if f == nil {
+		fail(resProtocolError, "search filter missing")
 		return
 	}
 	base, err := normDN(m.BaseDN)
