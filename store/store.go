@@ -69,6 +69,16 @@ type Store struct {
 	mu       sync.RWMutex
 	rules    map[string]Rules // per-tenant uniqueness rules
 	watchers []func(Change)
+
+	qmu        sync.Mutex
+	queue      []*pendingWrite
+	committing bool
+}
+
+// pendingWrite is one writer waiting for the group commit.
+type pendingWrite struct {
+	fn   func(*bolt.Tx) error
+	done chan error
 }
 
 // Change describes one committed write, for in-memory views (the LDAP
@@ -96,9 +106,6 @@ func Open(path string, opts Options) (*Store, error) {
 		}
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
 	}
-	// The default batch delay (10ms) would add latency to every lone write;
-	// 2ms still lets concurrent writers share one fsync.
-	db.MaxBatchDelay = 2 * time.Millisecond
 	if err := migrate(db); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
@@ -154,14 +161,85 @@ func (s *Store) Backup(ctx context.Context, w io.Writer) (int64, error) {
 	return n, nil
 }
 
-// update runs fn in a write transaction. Concurrent calls are batched into
-// one commit; fn may therefore run more than once and must depend only on
-// the transaction and on values computed before the call.
+// update runs fn in a write transaction and returns once it is committed
+// and synced. Writers that arrive while a commit is syncing are grouped
+// into the next transaction, so one fsync serves many of them without any
+// waiting when there is no concurrency (bbolt's Batch always waits its
+// delay). fn may run more than once and must depend only on the
+// transaction and on values computed before the call.
 func (s *Store) update(ctx context.Context, fn func(*bolt.Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return s.db.Batch(fn)
+	w := &pendingWrite{fn: fn, done: make(chan error, 1)}
+	s.qmu.Lock()
+	s.queue = append(s.queue, w)
+	if !s.committing {
+		s.committing = true
+		go s.commitLoop()
+	}
+	s.qmu.Unlock()
+	return <-w.done
+}
+
+// commitLoop commits queued writes in groups until the queue is empty.
+func (s *Store) commitLoop() {
+	for {
+		s.qmu.Lock()
+		group := s.queue
+		s.queue = nil
+		if len(group) == 0 {
+			s.committing = false
+			s.qmu.Unlock()
+			return
+		}
+		s.qmu.Unlock()
+		s.commitGroup(group)
+	}
+}
+
+// commitGroup runs the group's functions in order in one transaction. If
+// one fails, the transaction is rolled back, that writer gets its error
+// (it failed against the state its predecessors left, as if run alone
+// after them) and the others are run again without it.
+func (s *Store) commitGroup(group []*pendingWrite) {
+	for len(group) > 0 {
+		failed, ferr := -1, error(nil)
+		err := s.db.Update(func(tx *bolt.Tx) error {
+			for i, w := range group {
+				if err := safeRun(w.fn, tx); err != nil {
+					failed, ferr = i, err
+					return err
+				}
+			}
+			return nil
+		})
+		if err == nil {
+			for _, w := range group {
+				w.done <- nil
+			}
+			return
+		}
+		if failed < 0 { // the commit itself failed
+			for _, w := range group {
+				w.done <- err
+			}
+			return
+		}
+		group[failed].done <- ferr
+		group = append(group[:failed:failed], group[failed+1:]...)
+	}
+}
+
+// safeRun turns a panic in a write function into an error for that writer
+// alone, so one bad request cannot take down the committer.
+func safeRun(fn func(*bolt.Tx) error, tx *bolt.Tx) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("write panicked: %v", p)
+		}
+	}()
+	return fn(tx)
 }
 
 func (s *Store) view(ctx context.Context, fn func(*bolt.Tx) error) error {
@@ -171,15 +249,32 @@ func (s *Store) view(ctx context.Context, fn func(*bolt.Tx) error) error {
 	return s.db.View(fn)
 }
 
-// NewID returns a fresh resource id: a version 7 UUID, so ids sort by
-// creation time (listings come back in creation order and inserts append to
-// the B+tree) and 74 random bits make reuse practically impossible.
+// NewID returns a fresh resource id: a version 7 UUID (RFC 9562) whose
+// 12-bit rand_a field counts ids made in the same millisecond, so ids sort
+// strictly by creation (listings come back in creation order and inserts
+// append to the B+tree), and 62 random bits make reuse practically
+// impossible.
 func NewID() string {
 	var b [16]byte
 	rand.Read(b[:]) // never fails: crypto/rand aborts the process instead
+	idMu.Lock()
 	ms := uint64(time.Now().UnixMilli())
+	if ms <= idLastMS {
+		ms = idLastMS
+		idSeq++
+		if idSeq > 0xfff { // 4096 ids in one millisecond: borrow the next one
+			ms++
+			idSeq = 0
+		}
+	} else {
+		idSeq = uint64(b[6]&0x03)<<8 | uint64(b[7]) // random start, room to count
+	}
+	idLastMS = ms
+	seq := idSeq
+	idMu.Unlock()
 	b[0], b[1], b[2], b[3], b[4], b[5] = byte(ms>>40), byte(ms>>32), byte(ms>>24), byte(ms>>16), byte(ms>>8), byte(ms)
-	b[6] = (b[6] & 0x0f) | 0x70
+	b[6] = 0x70 | byte(seq>>8)
+	b[7] = byte(seq)
 	b[8] = (b[8] & 0x3f) | 0x80
 	var out [36]byte
 	hex.Encode(out[0:8], b[0:4])
@@ -193,6 +288,12 @@ func NewID() string {
 	hex.Encode(out[24:], b[10:])
 	return string(out[:])
 }
+
+var (
+	idMu     sync.Mutex
+	idLastMS uint64
+	idSeq    uint64
+)
 
 func u64(v uint64) []byte {
 	var b [8]byte

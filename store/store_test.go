@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 
@@ -283,5 +284,19 @@ func TestSecretsAndNames(t *testing.T) {
 	}
 	if NormalizePhone("+1 (555) 010-0199") != "+15550100199" {
 		t.Errorf("NormalizePhone = %q", NormalizePhone("+1 (555) 010-0199"))
+	}
+}
+
+func TestIDsSortByCreation(t *testing.T) {
+	prev := NewID()
+	for i := 0; i < 20000; i++ {
+		id := NewID()
+		if id <= prev {
+			t.Fatalf("NewID() = %s after %s; want increasing ids", id, prev)
+		}
+		if id[14] != '7' || !strings.ContainsRune("89ab", rune(id[19])) {
+			t.Fatalf("NewID() = %s is not a version 7 UUID", id)
+		}
+		prev = id
 	}
 }

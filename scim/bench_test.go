@@ -1,0 +1,169 @@
+package scim
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/scimldap/scimldap/store"
+)
+
+// BenchmarkProvision provisions b.N users the way Entra ID does (matching
+// query, POST, then two PATCHes) with 8 concurrent clients over real HTTPS,
+// and reports durable creates per second and create latency percentiles.
+func BenchmarkProvision(b *testing.B) {
+	env := newTestEnv(b, DefaultConfig())
+	client := env.srv.Client()
+	client.Transport.(*http.Transport).MaxIdleConnsPerHost = 16
+	do := func(method, path, body string) (int, []byte) {
+		req, _ := http.NewRequest(method, env.srv.URL+"/scim/v2/acme"+path, strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+env.token)
+		req.Header.Set("Content-Type", "application/scim+json")
+		resp, err := client.Do(req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		out, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode, out
+	}
+	var next atomic.Int64
+	lat := make([][]time.Duration, 8)
+	b.ResetTimer()
+	began := time.Now()
+	var wg sync.WaitGroup
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for {
+				i := next.Add(1)
+				if i > int64(b.N) {
+					return
+				}
+				name := fmt.Sprintf("bench%07d@contoso.com", i)
+				if st, _ := do("GET", "/Users?filter="+url.QueryEscape(`userName eq "`+name+`"`), ""); st != 200 {
+					b.Errorf("match: %d", st)
+					return
+				}
+				t0 := time.Now()
+				st, body := do("POST", "/Users", fmt.Sprintf(`{"schemas":["urn:ietf:params:scim:schemas:core:2.0:User","urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"],
+					"externalId":"%d","userName":"%s","active":true,"displayName":"Bench User %d",
+					"emails":[{"primary":true,"type":"work","value":"%s"}],"name":{"familyName":"User","givenName":"Bench"},
+					"phoneNumbers":[{"type":"work","value":"+1 555 %07d"}],"urn:ietf:params:scim:schemas:extension:enterprise:2.0:User":{"department":"Sales"}}`, i, name, i, name, i))
+				lat[w] = append(lat[w], time.Since(t0))
+				if st != 201 {
+					b.Errorf("create: %d %s", st, body)
+					return
+				}
+				id := string(bytes.SplitN(bytes.SplitN(body, []byte(`"id":"`), 2)[1], []byte(`"`), 2)[0])
+				for _, op := range []string{`{"op":"Replace","path":"title","value":"Engineer"}`, `{"op":"Replace","path":"active","value":"False"}`} {
+					if st, body := do("PATCH", "/Users/"+id, `{"schemas":["urn:ietf:params:scim:api:messages:2.0:PatchOp"],"Operations":[`+op+`]}`); st != 204 {
+						b.Errorf("patch: %d %s", st, body)
+						return
+					}
+				}
+			}
+		}(w)
+	}
+	wg.Wait()
+	elapsed := time.Since(began)
+	b.StopTimer()
+	var all []time.Duration
+	for _, l := range lat {
+		all = append(all, l...)
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
+	if len(all) > 0 {
+		b.ReportMetric(float64(b.N)/elapsed.Seconds(), "creates/s")
+		b.ReportMetric(float64(all[len(all)/2].Microseconds())/1000, "p50-create-ms")
+		b.ReportMetric(float64(all[len(all)*99/100].Microseconds())/1000, "p99-create-ms")
+		b.ReportMetric(float64(b.N*4)/elapsed.Seconds(), "requests/s")
+	}
+}
+
+// BenchmarkMatchQuery answers Entra's matching query (userName eq …) over
+// HTTPS against SCIMLDAP_BENCH_USERS stored users (default 10000), and
+// reports the process's resident memory with them loaded.
+func BenchmarkMatchQuery(b *testing.B) {
+	n := 10000
+	if s := os.Getenv("SCIMLDAP_BENCH_USERS"); s != "" {
+		n, _ = strconv.Atoi(s)
+	}
+	env := newTestEnv(b, DefaultConfig())
+	loadUsers(b, env.st, n)
+	client := env.srv.Client()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		name := fmt.Sprintf("load%07d@contoso.com", (i*7919)%n)
+		req, _ := http.NewRequest("GET", env.srv.URL+"/scim/v2/acme/Users?filter="+url.QueryEscape(`userName eq "`+name+`"`), nil)
+		req.Header.Set("Authorization", "Bearer "+env.token)
+		resp, err := client.Do(req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if !bytes.Contains(body, []byte(`"totalResults":1`)) {
+			b.Fatalf("match for %s: %s", name, body)
+		}
+	}
+	b.StopTimer()
+	runtime.GC()
+	b.ReportMetric(float64(rssBytes())/(1<<20), "RSS-MB")
+	b.ReportMetric(float64(n), "users")
+}
+
+func loadUsers(b *testing.B, st *store.Store, n int) {
+	var wg sync.WaitGroup
+	var next atomic.Int64
+	for w := 0; w < 16; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := next.Add(1) - 1
+				if i >= int64(n) {
+					return
+				}
+				name := fmt.Sprintf("load%07d@contoso.com", i)
+				_, err := st.CreateUser(context.Background(), "acme", store.User{UserName: name, Active: true, DisplayName: "Load " + name,
+					ExternalID: strconv.Itoa(int(i)), Emails: []store.MultiValue{{Value: name, Type: "work", Primary: true}},
+					Name: store.Name{GivenName: "Load", FamilyName: "User"}, PhoneNumbers: []store.MultiValue{{Value: fmt.Sprintf("+1 555 %07d", i), Type: "work"}}})
+				if err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// rssBytes reads the resident set size from /proc (Linux).
+func rssBytes() int64 {
+	data, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if strings.HasPrefix(line, "VmRSS:") {
+			f := strings.Fields(line)
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
