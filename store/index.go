@@ -172,6 +172,9 @@ func indexUser(tb *bolt.Bucket, u, old *User, rules Rules) error {
 			return err
 		}
 		vals := ix.values(u)
+		if old != nil && equalStrings(vals, ix.values(old)) {
+			continue // unchanged: nothing to check or rewrite
+		}
 		for _, v := range vals {
 			if err := checkIndexable(ix.attr, v); err != nil {
 				return err
@@ -197,6 +200,18 @@ func indexUser(tb *bolt.Bucket, u, old *User, rules Rules) error {
 		}
 	}
 	return nil
+}
+
+func equalStrings(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
 }
 
 func unindexUser(tb *bolt.Bucket, u *User) error {

@@ -70,6 +70,11 @@ type Store struct {
 	rules    map[string]Rules // per-tenant uniqueness rules
 	watchers []func(Change)
 
+	// tenants caches tenant records (read by every authenticated request);
+	// every tenant write clears it before returning.
+	tmu     sync.RWMutex
+	tenants map[string]Tenant
+
 	qmu        sync.Mutex
 	queue      []*pendingWrite
 	committing bool

@@ -116,6 +116,7 @@ func (s *Store) CreateTenant(ctx context.Context, name string, token Secret) (Te
 		}
 		return putJSON(b, keyInfo, t)
 	})
+	s.forgetTenants()
 	if err != nil {
 		return Tenant{}, fmt.Errorf("store: create tenant %q: %w", t.Name, err)
 	}
@@ -125,7 +126,13 @@ func (s *Store) CreateTenant(ctx context.Context, name string, token Secret) (Te
 
 // Tenant returns tenant name (any case), or ErrNotFound.
 func (s *Store) Tenant(ctx context.Context, name string) (Tenant, error) {
-	var t Tenant
+	name = strings.ToLower(name)
+	s.tmu.RLock()
+	t, ok := s.tenants[name]
+	s.tmu.RUnlock()
+	if ok {
+		return t, nil
+	}
 	err := s.view(ctx, func(tx *bolt.Tx) error {
 		b, err := tenantBucket(tx, strings.ToLower(name))
 		if err != nil {
@@ -136,7 +143,20 @@ func (s *Store) Tenant(ctx context.Context, name string) (Tenant, error) {
 	if err != nil {
 		return Tenant{}, fmt.Errorf("store: tenant %q: %w", name, err)
 	}
+	s.tmu.Lock()
+	if s.tenants == nil {
+		s.tenants = map[string]Tenant{}
+	}
+	s.tenants[name] = t
+	s.tmu.Unlock()
 	return t, nil
+}
+
+// forgetTenants clears the tenant cache after a tenant write.
+func (s *Store) forgetTenants() {
+	s.tmu.Lock()
+	s.tenants = nil
+	s.tmu.Unlock()
 }
 
 // Tenants lists every tenant in name order.
@@ -169,6 +189,7 @@ func (s *Store) DeleteTenant(ctx context.Context, name string) error {
 		}
 		return err
 	})
+	s.forgetTenants()
 	if err != nil {
 		return fmt.Errorf("store: delete tenant: %w", err)
 	}
@@ -192,6 +213,7 @@ func (s *Store) SetTenantToken(ctx context.Context, name string, token Secret) e
 		t.Token = token
 		return putJSON(b, keyInfo, t)
 	})
+	s.forgetTenants()
 	if err != nil {
 		return fmt.Errorf("store: set token of tenant %q: %w", name, err)
 	}

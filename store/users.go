@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -80,52 +81,83 @@ func getUser(tb *bolt.Bucket, id string, u *User) error {
 // UpdateUser applies fn to user id of tenant t and stores the result with
 // a new version. If ifVersion is not zero and the stored version differs, it
 // returns ErrPrecondition without calling fn. fn receives a private copy; it
-// may run more than once (writes are batched) and must depend only on its
-// argument. An error from fn aborts the update and is returned wrapped.
-// id, created and version are kept by the store whatever fn does.
+// may run more than once and must depend only on its argument. An error from
+// fn aborts the update and is returned wrapped. id, created and version are
+// kept by the store whatever fn does.
+//
+// fn runs outside the write transaction, so the single committer only
+// checks that the record is still the one fn saw and writes; if another
+// writer got there first, fn runs again on the new state.
 func (s *Store) UpdateUser(ctx context.Context, t, id string, ifVersion uint64, fn func(*User) error) (User, error) {
 	rules := s.rulesFor(t)
-	var out User
-	err := s.update(ctx, func(tx *bolt.Tx) error {
-		tb, err := tenantBucket(tx, t)
+	for {
+		var before []byte
+		err := s.view(ctx, func(tx *bolt.Tx) error {
+			tb, err := tenantBucket(tx, t)
+			if err != nil {
+				return err
+			}
+			data := tb.Bucket(bucketUsers).Get([]byte(id))
+			if data == nil {
+				return fmt.Errorf("user %q: %w", id, ErrNotFound)
+			}
+			before = append([]byte(nil), data...)
+			return nil
+		})
 		if err != nil {
-			return err
+			return User{}, fmt.Errorf("store: update user %q: %w", id, err)
 		}
 		var old, u User
-		if err := getUser(tb, id, &old); err != nil {
-			return err
+		if err := json.Unmarshal(before, &old); err != nil {
+			return User{}, fmt.Errorf("store: update user %q: decode: %w", id, err)
 		}
 		if ifVersion != 0 && old.Meta.Version != ifVersion {
-			return fmt.Errorf("user %q is at version %d, not %d: %w", id, old.Meta.Version, ifVersion, ErrPrecondition)
+			return User{}, fmt.Errorf("store: update user %q: at version %d, not %d: %w", id, old.Meta.Version, ifVersion, ErrPrecondition)
 		}
-		if err := getUser(tb, id, &u); err != nil { // a private deep copy
-			return err
-		}
+		json.Unmarshal(before, &u) // a private deep copy
 		if err := fn(&u); err != nil {
-			return err
+			return User{}, fmt.Errorf("store: update user %q: %w", id, err)
 		}
 		if err := validateUser(&u); err != nil {
-			return err
+			return User{}, fmt.Errorf("store: update user %q: %w", id, err)
 		}
 		u.ID, u.Meta.Created = old.ID, old.Meta.Created
 		u.Meta.Version = old.Meta.Version + 1
 		u.Meta.LastModified = s.now().UTC()
-		if err := indexUser(tb, &u, &old, rules); err != nil {
-			return err
-		}
 		data, err := json.Marshal(&u)
 		if err != nil {
-			return err
+			return User{}, fmt.Errorf("store: update user %q: encode: %w", id, err)
 		}
-		out = u
-		return tb.Bucket(bucketUsers).Put([]byte(u.ID), data)
-	})
-	if err != nil {
-		return User{}, fmt.Errorf("store: update user %q: %w", id, err)
+		err = s.update(ctx, func(tx *bolt.Tx) error {
+			tb, err := tenantBucket(tx, t)
+			if err != nil {
+				return err
+			}
+			cur := tb.Bucket(bucketUsers).Get([]byte(id))
+			if cur == nil {
+				return fmt.Errorf("user %q: %w", id, ErrNotFound)
+			}
+			if !bytes.Equal(cur, before) {
+				return errChanged
+			}
+			if err := indexUser(tb, &u, &old, rules); err != nil {
+				return err
+			}
+			return tb.Bucket(bucketUsers).Put([]byte(id), data)
+		})
+		if errors.Is(err, errChanged) {
+			continue // another writer changed the record: run fn again
+		}
+		if err != nil {
+			return User{}, fmt.Errorf("store: update user %q: %w", id, err)
+		}
+		s.notify(Change{Tenant: t, Kind: KindUser, ID: id})
+		return u, nil
 	}
-	s.notify(Change{Tenant: t, Kind: KindUser, ID: id})
-	return out, nil
 }
+
+// errChanged reports that a record changed between read and write.
+var errChanged = errors.New("record changed concurrently")
 
 // DeleteUser removes user id of tenant t and its group memberships.
 // Returns ErrNotFound if it does not exist.
