@@ -203,18 +203,21 @@ func decodeInt(b []byte) int64 {
 
 // appendTLV appends tag, length and body.
 func appendTLV(dst []byte, tag byte, body []byte) []byte {
+	return append(tlvHeader(dst, tag, len(body)), body...)
+}
+
+// tlvHeader appends the tag and the definite length n.
+func tlvHeader(dst []byte, tag byte, n int) []byte {
 	dst = append(dst, tag)
-	switch n := len(body); {
+	switch {
 	case n < 0x80:
-		dst = append(dst, byte(n))
+		return append(dst, byte(n))
 	case n < 0x100:
-		dst = append(dst, 0x81, byte(n))
+		return append(dst, 0x81, byte(n))
 	case n < 0x10000:
-		dst = append(dst, 0x82, byte(n>>8), byte(n))
-	default:
-		dst = append(dst, 0x84, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+		return append(dst, 0x82, byte(n>>8), byte(n))
 	}
-	return append(dst, body...)
+	return append(dst, 0x84, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
 }
 
 func encodeInt(tag byte, v int64) []byte {

@@ -5,13 +5,10 @@ import (
 	"fmt"
 )
 
-// The guard decodes every search filter from BER itself and hands it to
-// the search handler, forwarding a trivial filter to gldap: go-ldap's
+// The front end decodes search filters from BER itself. (go-ldap's
 // DecompileFilter, which gldap uses, fails on extensible matches with
-// dnAttributes and gldap then drops the connection.
-
-// placeholderFilter is (objectClass=*), what gldap receives instead.
-var placeholderFilter = appendTLV(nil, 0x87, []byte("objectClass"))
+// dnAttributes once they have crossed the wire, and gldap then drops the
+// connection.)
 
 // decodeFilter reads an RFC 4511 Filter element.
 func decodeFilter(el tlv, depth int) (*lfilter, error) {
@@ -127,30 +124,4 @@ func newItem(kind int, attr, val string) (*lfilter, error) {
 	f := &lfilter{kind: kind, attr: attr, t: lookupAttr(baseAttr(attr)), val: val}
 	f.nval = f.norm(val)
 	return f, nil
-}
-
-// rewriteSearch decodes the filter of a SearchRequest frame and returns the
-// frame with the filter replaced by placeholderFilter.
-func rewriteSearch(env envelope) (*lfilter, []byte, error) {
-	kids, err := children(env.op.body)
-	if err != nil || len(kids) != 8 {
-		return nil, nil, errors.New("malformed search request")
-	}
-	f, err := decodeFilter(kids[6], 0)
-	if err != nil {
-		return nil, nil, err
-	}
-	var body []byte
-	for i, k := range kids {
-		if i == 6 {
-			body = append(body, placeholderFilter...)
-			continue
-		}
-		body = appendTLV(body, k.tag, k.body)
-	}
-	m := append(encodeInt(0x02, env.id), appendTLV(nil, tagSearchRequest, body)...)
-	if env.ctrl != nil {
-		m = appendTLV(m, 0xa0, env.ctrl)
-	}
-	return f, appendTLV(nil, 0x30, m), nil
 }

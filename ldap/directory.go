@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/scimldap/scimldap/mapping"
 	"github.com/scimldap/scimldap/store"
@@ -29,6 +30,9 @@ type entry struct {
 	key   string // iteration and paging order: containers, users, groups
 	attrs []eattr
 	op    []eattr
+	// encAll caches the encoding of the DN and all user attributes, built
+	// on first use; entries never change once placed.
+	encAll atomic.Pointer[[]byte]
 }
 
 func (e *entry) get(t *attrType) *eattr {

@@ -20,6 +20,7 @@ type guardConn struct {
 
 	wmu     sync.Mutex // serialises writes to client and swaps on StartTLS
 	client  net.Conn
+	bw      *bufio.Writer // on client, under wmu
 	cr      *bufio.Reader
 	backend net.Conn
 	br      *bufio.Reader
@@ -27,6 +28,9 @@ type guardConn struct {
 	lastOut   atomic.Int64 // unix nanos of the last byte sent to the client
 	amu       sync.Mutex
 	abandoned map[int64]bool
+
+	searches atomic.Int32 // searches running on this connection
+	wg       sync.WaitGroup
 
 	once sync.Once
 }
@@ -63,6 +67,7 @@ func (s *Server) serveConn(c net.Conn, ldaps bool) {
 	host, _, _ := net.SplitHostPort(c.RemoteAddr().String())
 	gc.ci = &connInfo{remote: host, tls: ldaps, token: newCookie()}
 	gc.cr = bufio.NewReaderSize(gc.client, 16<<10)
+	gc.bw = bufio.NewWriterSize(gc.client, 64<<10)
 	if err := gc.connectBackend(); err != nil {
 		s.log.Error("internal LDAP connection failed", "err", err)
 		gc.writeClient(noticeOfDisconnection(resBusy, "the directory is not available right now"))
@@ -126,7 +131,8 @@ func (gc *guardConn) writeClient(b []byte) error {
 	gc.wmu.Lock()
 	defer gc.wmu.Unlock()
 	gc.client.SetWriteDeadline(time.Now().Add(60 * time.Second))
-	_, err := gc.client.Write(b)
+	gc.bw.Write(b)
+	err := gc.bw.Flush()
 	gc.lastOut.Store(time.Now().UnixNano())
 	return err
 }
@@ -201,15 +207,7 @@ func (gc *guardConn) pumpClient() {
 		}
 		switch env.op.tag {
 		case tagSearchRequest:
-			f, rewritten, err := rewriteSearch(env)
-			if err != nil {
-				gc.writeClient(ldapResult(env.id, tagSearchDone, resProtocolError, "", "malformed search request: "+err.Error()))
-				continue
-			}
-			gc.ci.putFilter(env.id, f)
-			if !gc.forward(rewritten) {
-				return
-			}
+			gc.search(env)
 		case tagBindRequest:
 			if !gc.bind(env, frame) {
 				return
@@ -297,7 +295,8 @@ func (gc *guardConn) extended(env envelope) bool {
 		}
 		gc.wmu.Lock()
 		defer gc.wmu.Unlock()
-		if _, err := gc.client.Write(extendedResult(env.id, resSuccess, "", oidStartTLS, nil)); err != nil {
+		gc.bw.Write(extendedResult(env.id, resSuccess, "", oidStartTLS, nil))
+		if err := gc.bw.Flush(); err != nil {
 			return false
 		}
 		tc := stdtls.Server(gc.client, gc.s.tlsCfg)
@@ -308,6 +307,7 @@ func (gc *guardConn) extended(env envelope) bool {
 		tc.SetDeadline(time.Time{})
 		gc.client = tc
 		gc.cr = bufio.NewReaderSize(tc, 16<<10)
+		gc.bw = bufio.NewWriterSize(tc, 64<<10)
 		gc.ci.mu.Lock()
 		gc.ci.tls = true
 		gc.ci.mu.Unlock()

@@ -140,7 +140,6 @@ func (s *Server) startBackend() error {
 		return fmt.Errorf("ldap: %w", err)
 	}
 	mux.Bind(s.guarded(s.handleBind))
-	mux.Search(s.guarded(s.handleSearch))
 	mux.Unbind(func(*gldap.ResponseWriter, *gldap.Request) {})
 	mux.DefaultRoute(s.guarded(s.handleDefault))
 	srv.Router(mux)
@@ -272,24 +271,6 @@ type connInfo struct {
 	id       *identity
 	pages    map[string]*pageState
 	inflight map[int64]context.CancelFunc
-	filters  map[int64]*lfilter // decoded by the guard, by message id
-}
-
-func (ci *connInfo) putFilter(id int64, f *lfilter) {
-	ci.mu.Lock()
-	if ci.filters == nil {
-		ci.filters = map[int64]*lfilter{}
-	}
-	ci.filters[id] = f
-	ci.mu.Unlock()
-}
-
-func (ci *connInfo) takeFilter(id int64) *lfilter {
-	ci.mu.Lock()
-	defer ci.mu.Unlock()
-	f := ci.filters[id]
-	delete(ci.filters, id)
-	return f
 }
 
 func (ci *connInfo) identity() *identity {

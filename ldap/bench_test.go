@@ -1,0 +1,210 @@
+package ldap
+
+import (
+	"context"
+	"fmt"
+	"math/rand"
+	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	goldap "github.com/go-ldap/ldap/v3"
+)
+
+// TestBenchAgainstSlapd is the LDAP bench command (see README): the same
+// synthetic Entra-shaped users in scimldap and in a throwaway slapd (mdb,
+// eq+sub indexes on uid, cn, sn, mail, telephoneNumber), the same go-ldap
+// workloads with 8 clients, one run, each figure for both and the ratio.
+// It runs only when SCIMLDAP_BENCH_USERS is set; SCIMLDAP_BENCH_SECONDS
+// sets each workload's duration (default 5).
+func TestBenchAgainstSlapd(t *testing.T) {
+	n, _ := strconv.Atoi(os.Getenv("SCIMLDAP_BENCH_USERS"))
+	if n == 0 {
+		t.Skip("set SCIMLDAP_BENCH_USERS (e.g. 100000) to run the benchmark against slapd")
+	}
+	secs := 5
+	if s := os.Getenv("SCIMLDAP_BENCH_SECONDS"); s != "" {
+		secs, _ = strconv.Atoi(s)
+	}
+	dur := time.Duration(secs) * time.Second
+	requireTool(t, "slapd")
+	ldapsearch := requireTool(t, "ldapsearch")
+
+	ts := newTestServer(t, nil, nil)
+	began := time.Now()
+	synthUsers(t, ts.st, "acme", n)
+	t.Logf("loaded %d users into the store in %s", n, time.Since(began).Round(time.Millisecond))
+	began = time.Now()
+	ours := ts.bound(t)
+	search(t, ours, "o=acme,dc=scimldap", goldap.ScopeBaseObject, "(objectClass=*)")
+	viewLoad := time.Since(began)
+
+	began = time.Now()
+	ldif := exportLDIF(t, ours)
+	sl := startSlapd(t, ldif)
+	t.Logf("slapd loaded (slapadd) and started in %s", time.Since(began).Round(time.Millisecond))
+
+	type target struct {
+		name     string
+		addr     string
+		dn, pw   string
+		rssBytes func() int64
+	}
+	targets := []target{
+		{"scimldap", ts.plain, ts.bindDN, ts.pw, func() int64 { runtime.GC(); return rssBytes() }},
+		{"slapd", sl.addr, sl.rootDN, sl.pw, func() int64 { return pidRSS(sl.cmd.Process.Pid) }},
+	}
+	dial := func(tg target) *goldap.Conn {
+		l, err := goldap.DialURL("ldap://" + tg.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := l.Bind(tg.dn, tg.pw); err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	// run drives op with 8 clients for dur and returns operations per second.
+	run := func(tg target, op func(l *goldap.Conn, r *rand.Rand) error) float64 {
+		var count atomic.Int64
+		var wg sync.WaitGroup
+		deadline := time.Now().Add(dur)
+		for c := 0; c < 8; c++ {
+			wg.Add(1)
+			go func(c int) {
+				defer wg.Done()
+				l := dial(tg)
+				defer l.Close()
+				r := rand.New(rand.NewSource(int64(c)))
+				for time.Now().Before(deadline) {
+					if err := op(l, r); err != nil {
+						t.Errorf("%s: %v", tg.name, err)
+						return
+					}
+					count.Add(1)
+				}
+			}(c)
+		}
+		wg.Wait()
+		return float64(count.Load()) / dur.Seconds()
+	}
+	okOrSizeLimit := func(err error) error {
+		if err == nil || goldap.IsErrorWithCode(err, goldap.LDAPResultSizeLimitExceeded) {
+			return nil
+		}
+		return err
+	}
+	base := "o=acme,dc=scimldap"
+	workloads := []struct {
+		name string
+		unit string
+		op   func(l *goldap.Conn, r *rand.Rand) error
+	}{
+		{"(a) uid equality lookup", "ops/s", func(l *goldap.Conn, r *rand.Rand) error {
+			i := r.Intn(n)
+			res, err := l.Search(goldap.NewSearchRequest(base, goldap.ScopeWholeSubtree, 0, 0, 0, false, fmt.Sprintf("(uid=u%06d@acme.test)", i), nil, nil))
+			if err == nil && len(res.Entries) != 1 {
+				err = fmt.Errorf("uid lookup found %d entries", len(res.Entries))
+			}
+			return err
+		}},
+		{"(b) phone-book (|(cn=*ros*)(sn=*ros*)) sizeLimit 50", "ops/s", func(l *goldap.Conn, r *rand.Rand) error {
+			q := []string{"ros", "mar", "ann", "ric", "esp", "col"}[r.Intn(6)]
+			_, err := l.Search(goldap.NewSearchRequest(base, goldap.ScopeWholeSubtree, 0, 50, 0, false, fmt.Sprintf("(|(cn=*%s*)(sn=*%s*))", q, q), []string{"cn", "telephoneNumber", "mobile"}, nil))
+			return okOrSizeLimit(err)
+		}},
+		{"(c) incoming-call number lookup", "ops/s", func(l *goldap.Conn, r *rand.Rand) error {
+			i := r.Intn(n)
+			num := fmt.Sprintf("+39 06 %07d", i)
+			res, err := l.Search(goldap.NewSearchRequest(base, goldap.ScopeWholeSubtree, 0, 0, 0, false, "(|(telephoneNumber="+num+")(mobile="+num+"))", []string{"cn"}, nil))
+			if err == nil && len(res.Entries) != 1 {
+				err = fmt.Errorf("number lookup found %d entries", len(res.Entries))
+			}
+			return err
+		}},
+	}
+	type row struct {
+		name, unit   string
+		ours, theirs float64
+		higherBetter bool
+	}
+	var rows []row
+	for _, w := range workloads {
+		r := row{name: w.name, unit: w.unit, higherBetter: true}
+		r.ours = run(targets[0], w.op)
+		r.theirs = run(targets[1], w.op)
+		rows = append(rows, r)
+	}
+	// (d) full paged dump, go-ldap and ldapsearch.
+	dump := func(tg target) (float64, float64) {
+		l := dial(tg)
+		defer l.Close()
+		t0 := time.Now()
+		res, err := l.SearchWithPaging(goldap.NewSearchRequest(base, goldap.ScopeWholeSubtree, 0, 0, 0, false, "(objectClass=*)", []string{"*"}, nil), 500)
+		if err != nil || len(res.Entries) < n {
+			t.Fatalf("%s dump: %d entries, %v", tg.name, len(res.Entries), err)
+		}
+		goTime := time.Since(t0).Seconds()
+		t0 = time.Now()
+		cmd := exec.Command(ldapsearch, "-x", "-LLL", "-H", "ldap://"+tg.addr, "-D", tg.dn, "-w", tg.pw, "-b", base, "-E", "pr=500/noprompt", "(objectClass=*)", "*")
+		cmd.Env = append(os.Environ(), "LDAPCONF=/dev/null", "LDAPRC=/dev/null")
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("%s ldapsearch dump: %v", tg.name, err)
+		}
+		if got := strings.Count(string(out), "\ndn: "); got < n {
+			t.Fatalf("%s ldapsearch dump: %d entries", tg.name, got)
+		}
+		return goTime, time.Since(t0).Seconds()
+	}
+	og, ol := dump(targets[0])
+	sg, sl2 := dump(targets[1])
+	rows = append(rows, row{"(d) paged dump (500/page, all attributes), go-ldap", "s", og, sg, false},
+		row{"(d) paged dump (500/page, all attributes), ldapsearch", "s", ol, sl2, false})
+	// (e) bind rate on persistent connections.
+	bind := func(tg target) func(l *goldap.Conn, r *rand.Rand) error {
+		return func(l *goldap.Conn, r *rand.Rand) error { return l.Bind(tg.dn, tg.pw) }
+	}
+	rows = append(rows, row{"(e) simple binds", "ops/s", run(targets[0], bind(targets[0])), run(targets[1], bind(targets[1])), true})
+	rows = append(rows, row{"RSS after the run", "MB", float64(targets[0].rssBytes()) / (1 << 20), float64(targets[1].rssBytes()) / (1 << 20), false})
+
+	var b strings.Builder
+	fmt.Fprintf(&b, "\nN = %d users, 8 clients, %s per workload, GOMAXPROCS=%d\n", n, dur, runtime.GOMAXPROCS(0))
+	fmt.Fprintf(&b, "%-58s %12s %12s %8s  %s\n", "workload", "scimldap", "slapd", "ratio", "")
+	for _, r := range rows {
+		ratio := r.ours / r.theirs
+		note := "scimldap/slapd"
+		if !r.higherBetter {
+			ratio = r.theirs / r.ours
+			note = "slapd/scimldap (>1: scimldap better)"
+		}
+		fmt.Fprintf(&b, "%-58s %12.1f %12.1f %7.2fx  %s %s\n", r.name, r.ours, r.theirs, ratio, r.unit, note)
+	}
+	fmt.Fprintf(&b, "scimldap LDAP view of %d users built in %s (first search after start)\n", n, viewLoad.Round(time.Millisecond))
+	t.Log(b.String())
+}
+
+// pidRSS reads another process's resident set size.
+func pidRSS(pid int) int64 {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if strings.HasPrefix(line, "VmRSS:") {
+			kb, _ := strconv.ParseInt(strings.Fields(line)[1], 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+func rssBytes() int64 { return pidRSS(os.Getpid()) }
+
+var _ = context.Background
