@@ -72,8 +72,9 @@ type Store struct {
 
 	// tenants caches tenant records (read by every authenticated request);
 	// every tenant write clears it before returning.
-	tmu     sync.RWMutex
-	tenants map[string]Tenant
+	tmu      sync.RWMutex
+	tenants  map[string]Tenant
+	accounts map[string]Account // tenant + "\x00" + name; read by every LDAP bind
 
 	qmu        sync.Mutex
 	queue      []*pendingWrite

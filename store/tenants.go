@@ -152,10 +152,12 @@ func (s *Store) Tenant(ctx context.Context, name string) (Tenant, error) {
 	return t, nil
 }
 
-// forgetTenants clears the tenant cache after a tenant write.
+// forgetTenants clears the tenant and account caches after a write to
+// either, so a rotated token or password is refused from the next request.
 func (s *Store) forgetTenants() {
 	s.tmu.Lock()
 	s.tenants = nil
+	s.accounts = nil
 	s.tmu.Unlock()
 }
 
@@ -237,6 +239,7 @@ func (s *Store) PutAccount(ctx context.Context, t string, a Account) error {
 		}
 		return putJSON(b.Bucket(bucketAccounts), []byte(a.Name), a)
 	})
+	s.forgetTenants()
 	if err != nil {
 		return fmt.Errorf("store: put account %q of tenant %q: %w", a.Name, t, err)
 	}
@@ -245,7 +248,13 @@ func (s *Store) PutAccount(ctx context.Context, t string, a Account) error {
 
 // Account returns service account name of tenant t, or ErrNotFound.
 func (s *Store) Account(ctx context.Context, t, name string) (Account, error) {
-	var a Account
+	key := strings.ToLower(t) + "\x00" + strings.ToLower(name)
+	s.tmu.RLock()
+	a, ok := s.accounts[key]
+	s.tmu.RUnlock()
+	if ok {
+		return a, nil
+	}
 	err := s.view(ctx, func(tx *bolt.Tx) error {
 		b, err := tenantBucket(tx, strings.ToLower(t))
 		if err != nil {
@@ -260,6 +269,12 @@ func (s *Store) Account(ctx context.Context, t, name string) (Account, error) {
 	if err != nil {
 		return Account{}, fmt.Errorf("store: account of tenant %q: %w", t, err)
 	}
+	s.tmu.Lock()
+	if s.accounts == nil {
+		s.accounts = map[string]Account{}
+	}
+	s.accounts[key] = a
+	s.tmu.Unlock()
 	return a, nil
 }
 
@@ -301,6 +316,7 @@ func (s *Store) DeleteAccount(ctx context.Context, t, name string) error {
 		}
 		return ab.Delete([]byte(name))
 	})
+	s.forgetTenants()
 	if err != nil {
 		return fmt.Errorf("store: delete account of tenant %q: %w", t, err)
 	}
