@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"math/rand"
+	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -15,6 +17,8 @@ import (
 	"time"
 
 	goldap "github.com/go-ldap/ldap/v3"
+
+	"github.com/scimldap/scimldap/store"
 )
 
 // TestBenchAgainstSlapd is the LDAP bench command (see README): the same
@@ -36,18 +40,66 @@ func TestBenchAgainstSlapd(t *testing.T) {
 	requireTool(t, "slapd")
 	ldapsearch := requireTool(t, "ldapsearch")
 
-	ts := newTestServer(t, nil, nil)
+	// scimldap runs as its own process, like slapd, so that the clients'
+	// garbage and the server's heap do not share one GC and RSS is the
+	// server's alone.
+	dir := t.TempDir()
+	data := filepath.Join(dir, "data")
+	os.MkdirAll(data, 0o700)
+	st, err := store.Open(filepath.Join(data, "scimldap.db"), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, tok := store.NewSecret()
+	if _, err := st.CreateTenant(t.Context(), "acme", tok); err != nil {
+		t.Fatal(err)
+	}
+	pw, hash := store.NewSecret()
+	st.PutAccount(t.Context(), "acme", store.Account{Name: "reader", Password: hash})
 	began := time.Now()
-	synthUsers(t, ts.st, "acme", n)
+	synthUsers(t, st, "acme", n)
 	t.Logf("loaded %d users into the store in %s", n, time.Since(began).Round(time.Millisecond))
+	st.Close()
+	bin := filepath.Join(dir, "scimldap")
+	if out, err := exec.Command("go", "build", "-o", bin, "..").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	ldapAddr := ln.Addr().String()
+	ln.Close()
 	began = time.Now()
-	ours := ts.bound(t)
+	cmd := exec.Command(bin, "-data", data, "-scim-addr", "127.0.0.1:0", "-ldap-addr", ldapAddr, "-ldaps-addr", "")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Signal(os.Interrupt); cmd.Wait() })
+	var listening time.Duration
+	for {
+		if c, err := net.Dial("tcp", ldapAddr); err == nil {
+			c.Close()
+			listening = time.Since(began)
+			break
+		}
+		if time.Since(began) > 30*time.Second {
+			t.Fatal("scimldap did not start")
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	ours, err := goldap.DialURL("ldap://" + ldapAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ours.Close()
+	if err := ours.Bind("uid=reader,ou=admin,o=acme,dc=scimldap", pw); err != nil {
+		t.Fatal(err)
+	}
 	search(t, ours, "o=acme,dc=scimldap", goldap.ScopeBaseObject, "(objectClass=*)")
-	viewLoad := time.Since(began)
+	firstSearch := time.Since(began)
 
 	began = time.Now()
 	ldif := exportLDIF(t, ours)
 	sl := startSlapd(t, ldif)
+	ldif = nil
 	t.Logf("slapd loaded (slapadd) and started in %s", time.Since(began).Round(time.Millisecond))
 
 	type target struct {
@@ -57,7 +109,7 @@ func TestBenchAgainstSlapd(t *testing.T) {
 		rssBytes func() int64
 	}
 	targets := []target{
-		{"scimldap", ts.plain, ts.bindDN, ts.pw, func() int64 { runtime.GC(); return rssBytes() }},
+		{"scimldap", ldapAddr, "uid=reader,ou=admin,o=acme,dc=scimldap", pw, func() int64 { return pidRSS(cmd.Process.Pid) }},
 		{"slapd", sl.addr, sl.rootDN, sl.pw, func() int64 { return pidRSS(sl.cmd.Process.Pid) }},
 	}
 	dial := func(tg target) *goldap.Conn {
@@ -186,7 +238,8 @@ func TestBenchAgainstSlapd(t *testing.T) {
 		}
 		fmt.Fprintf(&b, "%-58s %12.1f %12.1f %7.2fx  %s %s\n", r.name, r.ours, r.theirs, ratio, r.unit, note)
 	}
-	fmt.Fprintf(&b, "scimldap LDAP view of %d users built in %s (first search after start)\n", n, viewLoad.Round(time.Millisecond))
+	fmt.Fprintf(&b, "scimldap start-up with %d stored users: listening after %s, first search answered after %s\n", n,
+		listening.Round(time.Millisecond), firstSearch.Round(time.Millisecond))
 	t.Log(b.String())
 }
 
@@ -204,7 +257,5 @@ func pidRSS(pid int) int64 {
 	}
 	return 0
 }
-
-func rssBytes() int64 { return pidRSS(os.Getpid()) }
 
 var _ = context.Background

@@ -8,45 +8,72 @@ import (
 	"sort"
 	"strings"
 	"sync"
-	"sync/atomic"
 
 	"github.com/scimldap/scimldap/mapping"
 	"github.com/scimldap/scimldap/store"
 )
 
-// eattr is one attribute of an entry with its values normalised under the
-// attribute's equality rule (sharing the value's memory when unchanged).
+// eattr is a view of one attribute of an entry: its type, values and the
+// values normalised under the attribute's equality rule.
 type eattr struct {
 	t    *attrType
-	name string
 	vals []string
 	norm []string
 }
 
-// entry is one LDAP entry as served.
+// attrRef locates one attribute's values in an entry's flat value slices.
+type attrRef struct {
+	t      *attrType
+	off, n uint16
+}
+
+// entry is one LDAP entry as served. Entries never change once placed, so
+// searches read them after releasing the view's lock. The layout is compact
+// (one flat value slice, small references) because a tenant holds one
+// entry per user in memory.
 type entry struct {
 	dn    string
 	ndn   string
-	key   string // iteration and paging order: containers, users, groups
-	attrs []eattr
-	op    []eattr
-	// encAll caches the encoding of the DN and all user attributes, built
-	// on first use; entries never change once placed.
-	encAll atomic.Pointer[[]byte]
+	key   string    // iteration and paging order: containers, users, groups
+	refs  []attrRef // user attributes first, then operational ones
+	nUser int
+	vals  []string
+	norm  []string // nil when every normalised value equals its value
 }
 
-func (e *entry) get(t *attrType) *eattr {
-	for i := range e.attrs {
-		if e.attrs[i].t == t {
-			return &e.attrs[i]
+func (e *entry) view(i int) eattr {
+	r := e.refs[i]
+	v := e.vals[r.off : r.off+r.n]
+	n := v
+	if e.norm != nil {
+		n = e.norm[r.off : r.off+r.n]
+	}
+	return eattr{t: r.t, vals: v, norm: n}
+}
+
+// The operational attributes every entry has are produced when asked for
+// rather than stored in each entry.
+var (
+	typeEntryDN   = registerAttr("entryDN")
+	typeSubschema = registerAttr("subschemaSubentry")
+)
+
+// get returns attribute t of e.
+func (e *entry) get(t *attrType) (eattr, bool) {
+	for i := range e.refs {
+		if e.refs[i].t == t {
+			return e.view(i), true
 		}
 	}
-	for i := range e.op {
-		if e.op[i].t == t {
-			return &e.op[i]
+	if e.key != "" { // directory entries, not the root DSE or subschema
+		switch t {
+		case typeEntryDN:
+			return eattr{t: t, vals: []string{e.dn}, norm: []string{e.ndn}}, true
+		case typeSubschema:
+			return eattr{t: t, vals: []string{subschemaDN}, norm: []string{"cn=subschema"}}, true
 		}
 	}
-	return nil
+	return eattr{}, false
 }
 
 const subschemaDN = "cn=Subschema"
@@ -54,41 +81,49 @@ const subschemaDN = "cn=Subschema"
 func newEntry(me mapping.Entry, key string) *entry {
 	e := &entry{dn: me.DN, key: key}
 	e.ndn, _ = normDN(me.DN)
-	conv := func(as []mapping.Attr) []eattr {
-		out := make([]eattr, 0, len(as))
+	n := 0
+	for _, a := range me.Attrs {
+		n += len(a.Values)
+	}
+	for _, a := range me.Operational {
+		n += len(a.Values)
+	}
+	e.vals = make([]string, 0, n)
+	e.refs = make([]attrRef, 0, len(me.Attrs)+len(me.Operational))
+	var norm []string
+	add := func(as []mapping.Attr) {
 		for _, a := range as {
 			t := registerAttr(a.Name)
-			ea := eattr{t: t, name: a.Name, vals: a.Values, norm: a.Values}
-			if t.rule != ruleOctet {
-				var norm []string
-				for i, v := range a.Values {
-					n := t.normalize(v)
-					if n != v && norm == nil {
-						norm = make([]string, len(a.Values))
-						copy(norm, a.Values[:i])
-					}
-					if norm != nil {
-						norm[i] = n
-					}
+			off := len(e.vals)
+			for _, v := range a.Values {
+				nv := v
+				if t.rule != ruleOctet {
+					nv = t.normalize(v)
 				}
+				if nv != v && norm == nil {
+					norm = make([]string, len(e.vals), n)
+					copy(norm, e.vals)
+				}
+				e.vals = append(e.vals, v)
 				if norm != nil {
-					ea.norm = norm
+					norm = append(norm, nv)
 				}
 			}
-			out = append(out, ea)
+			e.refs = append(e.refs, attrRef{t: t, off: uint16(off), n: uint16(len(a.Values))})
 		}
-		return out
 	}
-	e.attrs = conv(me.Attrs)
-	e.op = conv(append(me.Operational, mapping.Attr{Name: "entryDN", Values: []string{me.DN}},
-		mapping.Attr{Name: "subschemaSubentry", Values: []string{subschemaDN}}))
+	add(me.Attrs)
+	e.nUser = len(e.refs)
+	add(me.Operational)
+	e.norm = norm
 	return e
 }
 
-// indexed are the attributes with an equality index: what phone lookups,
-// sync jobs and bind-by-attribute queries ask for.
-var indexed = []string{"uid", "cn", "sn", "givenName", "displayName", "mail", "telephoneNumber", "mobile", "ipPhone",
-	"employeeNumber", "sAMAccountName", "userPrincipalName", "member", "memberOf", "entryUUID"}
+// indexed are the attributes with an equality index: what lookups by
+// user, name, email and incoming number, and group membership queries ask
+// for. Each index costs memory per entry, so the list is kept short; other
+// equality filters are answered by a scan.
+var indexed = []string{"uid", "cn", "sn", "mail", "telephoneNumber", "mobile", "member", "memberOf", "entryUUID"}
 
 // directory holds one view per tenant, loaded on first use.
 type directory struct {
@@ -205,7 +240,7 @@ type view struct {
 	groups     map[string]*groupState
 	reports    map[string]map[string]struct{} // manager id → user ids
 	memberOf   map[string]map[string]struct{} // member id → group ids
-	eq         map[*attrType]map[string][]*entry
+	eq         map[*attrType]*eqIndex
 
 	pmu     sync.Mutex
 	pending map[store.Change]struct{}
@@ -261,9 +296,9 @@ func (v *view) load(ctx context.Context, d *directory) {
 	v.groups = map[string]*groupState{}
 	v.reports = map[string]map[string]struct{}{}
 	v.memberOf = map[string]map[string]struct{}{}
-	v.eq = map[*attrType]map[string][]*entry{}
+	v.eq = map[*attrType]*eqIndex{}
 	for _, n := range indexed {
-		v.eq[registerAttr(n)] = map[string][]*entry{}
+		v.eq[registerAttr(n)] = &eqIndex{one: map[string]*entry{}, many: map[string][]*entry{}}
 	}
 	if _, err := d.st.Tenant(ctx, v.tenant); err != nil {
 		v.loadErr = err
@@ -398,17 +433,10 @@ func (v *view) place(e *entry, visible bool) {
 	} else {
 		v.groupList = insertSorted(v.groupList, e)
 	}
-	for _, a := range e.attrs {
-		if idx := v.eq[a.t]; idx != nil {
-			for _, n := range a.norm {
-				idx[n] = append(idx[n], e)
-			}
-		}
-	}
-	for _, a := range e.op {
-		if idx := v.eq[a.t]; idx != nil {
-			for _, n := range a.norm {
-				idx[n] = append(idx[n], e)
+	for i := range e.refs {
+		if idx := v.eq[e.refs[i].t]; idx != nil {
+			for _, n := range e.view(i).norm {
+				idx.add(n, e)
 			}
 		}
 	}
@@ -426,29 +454,13 @@ func (v *view) unplace(e *entry, visible bool) {
 	} else {
 		v.groupList = removeSorted(v.groupList, e)
 	}
-	drop := func(as []eattr) {
-		for _, a := range as {
-			if idx := v.eq[a.t]; idx != nil {
-				for _, n := range a.norm {
-					l := idx[n]
-					for i, x := range l {
-						if x == e {
-							l[i] = l[len(l)-1]
-							l = l[:len(l)-1]
-							break
-						}
-					}
-					if len(l) == 0 {
-						delete(idx, n)
-					} else {
-						idx[n] = l
-					}
-				}
+	for i := range e.refs {
+		if idx := v.eq[e.refs[i].t]; idx != nil {
+			for _, n := range e.view(i).norm {
+				idx.remove(n, e)
 			}
 		}
 	}
-	drop(e.attrs)
-	drop(e.op)
 }
 
 func insertSorted(l []*entry, e *entry) []*entry {
@@ -581,4 +593,62 @@ func (v *view) buildGroupEntry(id string) {
 	gs.e = newEntry(v.opts.GroupEntry(v.tenant, &gs.g, dns), "2"+id)
 	gs.visible = v.byNDN[gs.e.ndn] == nil
 	v.place(gs.e, gs.visible)
+}
+
+// eqIndex maps a normalised value to the entries holding it. Most values
+// are held by one entry (uid, mail, numbers), which costs one pointer;
+// shared values (a common surname) move to a list.
+type eqIndex struct {
+	one  map[string]*entry
+	many map[string][]*entry
+}
+
+func (x *eqIndex) add(v string, e *entry) {
+	if l, ok := x.many[v]; ok {
+		x.many[v] = append(l, e)
+		return
+	}
+	if o, ok := x.one[v]; ok {
+		if o == e {
+			return
+		}
+		delete(x.one, v)
+		x.many[v] = []*entry{o, e}
+		return
+	}
+	x.one[v] = e
+}
+
+func (x *eqIndex) remove(v string, e *entry) {
+	if o, ok := x.one[v]; ok {
+		if o == e {
+			delete(x.one, v)
+		}
+		return
+	}
+	l := x.many[v]
+	for i, y := range l {
+		if y == e {
+			l[i] = l[len(l)-1]
+			l = l[:len(l)-1]
+			break
+		}
+	}
+	switch len(l) {
+	case 0:
+		delete(x.many, v)
+	case 1:
+		delete(x.many, v)
+		x.one[v] = l[0]
+	default:
+		x.many[v] = l
+	}
+}
+
+// lookup returns the entries holding v; the slice must not be modified.
+func (x *eqIndex) lookup(v string) []*entry {
+	if e, ok := x.one[v]; ok {
+		return []*entry{e}
+	}
+	return x.many[v]
 }

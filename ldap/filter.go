@@ -398,7 +398,10 @@ func (f *lfilter) match(e *entry) tri {
 		}
 		return undefined
 	}
-	a := e.get(f.t)
+	var a *eattr
+	if v, ok := e.get(f.t); ok {
+		a = &v
+	}
 	if f.kind == fPresent {
 		if a != nil && len(a.vals) > 0 {
 			return trueT
@@ -548,11 +551,12 @@ func (f *lfilter) matchDNAttrs(e *entry) tri {
 // any attribute whose values match.
 func (f *lfilter) matchAnyAttr(e *entry) tri {
 	res := falseT
-	for i := range e.attrs {
+	for i := 0; i < e.nUser; i++ {
+		a := e.view(i)
 		g := *f
-		g.t, g.attr = e.attrs[i].t, e.attrs[i].t.name
+		g.t, g.attr = a.t, a.t.name
 		g.nval = g.t.normalize(f.val)
-		switch g.matchExt(e, &e.attrs[i]) {
+		switch g.matchExt(e, &a) {
 		case trueT:
 			return trueT
 		case undefined:

@@ -361,8 +361,7 @@ func (gc *guardConn) compare(env envelope) []byte {
 	if e == nil || !isUnder(ndn, v.tenantDN) {
 		return res(resNoSuchObject, "no such entry")
 	}
-	a := e.get(t)
-	if a != nil {
+	if a, ok := e.get(t); ok {
 		want := t.normalize(string(ava[1].body))
 		for _, n := range a.norm {
 			if n == want {

@@ -42,10 +42,10 @@ const (
 // Clients cannot send it: the front end refuses binds with this name.
 const helloPrefix = "scimldap-guard-hello="
 
-// guarded wraps a handler so that a panic is logged instead of killing the
-// process (gldap runs each request in a goroutine without recovery). The
-// bind and search handlers recover themselves and answer "other"; this is
-// the backstop for the rest.
+// guarded wraps a gldap handler so that a panic is logged instead of
+// killing the process (gldap runs each request in a goroutine without
+// recovery). The bind handler recovers itself and answers "other"; this is
+// the backstop.
 func (s *Server) guarded(h gldap.HandlerFunc) gldap.HandlerFunc {
 	return func(w *gldap.ResponseWriter, r *gldap.Request) {
 		defer func() {

@@ -26,9 +26,9 @@ func (s *Server) rootDSE(id *identity) *entry {
 	if s.tlsCfg != nil {
 		attrs[5].Values = append(attrs[5].Values, oidStartTLS)
 	}
-	e := newEntry(mapping.Entry{DN: "", Attrs: attrs}, "")
-	e.op = nil // the root DSE's attributes are all returned by "*" here, as clients expect
-	return e
+	// All of the root DSE's attributes are returned by "*" here, as clients
+	// expect; it has no operational ones of its own.
+	return newEntry(mapping.Entry{DN: "", Attrs: attrs}, "")
 }
 
 // subschema is the cn=Subschema entry: every attribute type and object
@@ -40,7 +40,6 @@ func (s *Server) subschema() *entry {
 		{Name: "attributeTypes", Values: attributeTypeDescriptions()},
 		{Name: "objectClasses", Values: objectClasses},
 	}}, "")
-	e.op = nil
 	return e
 }
 

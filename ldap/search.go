@@ -51,7 +51,7 @@ func (v *view) plan(f *lfilter) ([]*entry, bool) {
 		if idx == nil {
 			return nil, false
 		}
-		return idx[f.nval], true
+		return idx.lookup(f.nval), true
 	case fAnd:
 		var best []*entry
 		found := false
@@ -165,23 +165,21 @@ func parseSelection(attrs []string) selection {
 	return s
 }
 
-// attributes returns the attributes of e that sel asks for.
-func (sel selection) attributes(e *entry) []eattr {
+// wants reports whether sel asks for attribute i of e.
+func (sel selection) wants(e *entry, i int) bool {
 	if sel.none {
-		return nil
+		return false
 	}
-	out := make([]eattr, 0, len(e.attrs)+2)
-	for _, a := range e.attrs {
-		if sel.all || sel.names[a.t] {
-			out = append(out, a)
-		}
+	if i < e.nUser {
+		return sel.all || sel.names[e.refs[i].t]
 	}
-	for _, a := range e.op {
-		if sel.operational || sel.names[a.t] {
-			out = append(out, a)
-		}
-	}
-	return out
+	return sel.operational || sel.names[e.refs[i].t]
+}
+
+// synthetic reports whether sel asks for the generated operational
+// attribute t (entryDN, subschemaSubentry) of a directory entry.
+func (sel selection) synthetic(e *entry, t *attrType) bool {
+	return e.key != "" && !sel.none && (sel.operational || sel.names[t])
 }
 
 // sortKey is one key of a server-side sort request (RFC 2891).
@@ -193,8 +191,8 @@ type sortKey struct {
 // sortEntries orders es by the keys; entries without a value sort last.
 func sortEntries(es []*entry, keys []sortKey) {
 	val := func(e *entry, k sortKey) (string, bool) {
-		a := e.get(k.t)
-		if a == nil || len(a.norm) == 0 {
+		a, ok := e.get(k.t)
+		if !ok || len(a.norm) == 0 {
 			return "", false
 		}
 		m := a.norm[0]

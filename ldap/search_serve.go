@@ -357,7 +357,6 @@ func (gc *guardConn) runSearch(q *searchReq) {
 	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer gc.ci.track(q.id, cancel)()
 	sel := parseSelection(q.attrs)
-	all := sel.all && !sel.operational && len(sel.names) == 0 && !q.typesOnly
 
 	gc.wmu.Lock()
 	defer gc.wmu.Unlock()
@@ -372,11 +371,7 @@ func (gc *guardConn) runSearch(q *searchReq) {
 			}
 		}()
 		return s.doSearch(ctx, gc.ci, q, func(e *entry) error {
-			if all {
-				buf = e.appendMessage(buf[:0], q.id)
-			} else {
-				buf = appendEntry(buf[:0], q.id, e, sel.attributes(e), q.typesOnly)
-			}
+			buf = appendEntry(buf[:0], q.id, e, sel, q.typesOnly)
 			_, err := w.Write(buf)
 			return err
 		})
@@ -413,50 +408,77 @@ func resultWithControls(id int64, tag byte, code int, matched, diag string, ctrl
 	return appendTLV(nil, 0x30, msg)
 }
 
-// appendEntry encodes a SearchResultEntry with the given attributes.
-func appendEntry(dst []byte, id int64, e *entry, attrs []eattr, typesOnly bool) []byte {
-	var al []byte
-	for _, a := range attrs {
-		var vals []byte
+// tlvSize is the encoded size of an element with an n-byte body.
+func tlvSize(n int) int {
+	switch {
+	case n < 0x80:
+		return 2 + n
+	case n < 0x100:
+		return 3 + n
+	case n < 0x10000:
+		return 4 + n
+	}
+	return 6 + n
+}
+
+// appendEntry encodes a SearchResultEntry with the attributes sel asks
+// for. It sizes every element first and then appends, so it allocates
+// nothing beyond growing dst (which the caller reuses).
+func appendEntry(dst []byte, id int64, e *entry, sel selection, typesOnly bool) []byte {
+	var synth [2]eattr
+	ns := 0
+	for _, t := range []*attrType{typeEntryDN, typeSubschema} {
+		if sel.synthetic(e, t) {
+			synth[ns], _ = e.get(t)
+			ns++
+		}
+	}
+	attrSize := func(a eattr) (seq, set int) {
 		if !typesOnly {
 			for _, v := range a.vals {
-				vals = appendTLV(vals, 0x04, []byte(v))
+				set += tlvSize(len(v))
 			}
 		}
-		al = appendTLV(al, 0x30, append(appendTLV(nil, 0x04, []byte(a.name)), appendTLV(nil, 0x31, vals)...))
+		return tlvSize(len(a.t.name)) + tlvSize(set), set
 	}
-	return wrapEntry(dst, id, e.dn, al)
-}
-
-func wrapEntry(dst []byte, id int64, dn string, attrList []byte) []byte {
-	op := appendTLV(appendTLV(nil, 0x04, []byte(dn)), 0x30, attrList)
-	msg := append(encodeInt(0x02, id), appendTLV(nil, tagSearchEntry, op)...)
-	return appendTLV(dst, 0x30, msg)
-}
-
-// appendMessage encodes e with all its user attributes (the most common
-// request: "*" or no list), reusing the attribute encoding computed on
-// first use.
-func (e *entry) appendMessage(dst []byte, id int64) []byte {
-	enc := e.encAll.Load()
-	if enc == nil {
-		var al []byte
-		for _, a := range e.attrs {
-			var vals []byte
-			for _, v := range a.vals {
-				vals = appendTLV(vals, 0x04, []byte(v))
-			}
-			al = appendTLV(al, 0x30, append(appendTLV(nil, 0x04, []byte(a.name)), appendTLV(nil, 0x31, vals)...))
+	list := 0
+	for i := range e.refs {
+		if sel.wants(e, i) {
+			seq, _ := attrSize(e.view(i))
+			list += tlvSize(seq)
 		}
-		full := appendTLV(appendTLV(nil, 0x04, []byte(e.dn)), 0x30, al)
-		enc = &full
-		e.encAll.Store(enc)
 	}
-	// The entry body is cached; only the message id and headers vary.
+	for _, a := range synth[:ns] {
+		seq, _ := attrSize(a)
+		list += tlvSize(seq)
+	}
+	op := tlvSize(len(e.dn)) + tlvSize(list)
 	idEnc := encodeInt(0x02, id)
-	opHdr := tlvHeader(nil, tagSearchEntry, len(*enc))
-	dst = tlvHeader(dst, 0x30, len(idEnc)+len(opHdr)+len(*enc))
+	dst = tlvHeader(dst, 0x30, len(idEnc)+tlvSize(op))
 	dst = append(dst, idEnc...)
-	dst = append(dst, opHdr...)
-	return append(dst, *enc...)
+	dst = tlvHeader(dst, tagSearchEntry, op)
+	dst = appendTLV(dst, 0x04, []byte(e.dn))
+	dst = tlvHeader(dst, 0x30, list)
+	put := func(a eattr) {
+		seq, set := attrSize(a)
+		dst = tlvHeader(dst, 0x30, seq)
+		dst = tlvHeader(dst, 0x04, len(a.t.name))
+		dst = append(dst, a.t.name...)
+		dst = tlvHeader(dst, 0x31, set)
+		if !typesOnly {
+			for _, v := range a.vals {
+				dst = tlvHeader(dst, 0x04, len(v))
+				dst = append(dst, v...)
+			}
+		}
+	}
+	for i := range e.refs {
+		if sel.wants(e, i) {
+			put(e.view(i))
+		}
+	}
+	for _, a := range synth[:ns] {
+		put(a)
+	}
+	return dst
 }

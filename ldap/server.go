@@ -2,14 +2,16 @@
 // StartTLS) and LDAPS, for UC suites, PBXs, phones and other applications
 // that cannot speak SCIM.
 //
-// Requests are decoded and answered by github.com/jimlambrt/gldap, behind a
-// guard of our own (guard.go) that owns the client sockets. The guard
-// terminates TLS, enforces idle timeouts, connection and message-size caps,
-// checks every message's BER structure, and answers the operations gldap
-// v0.1.14 mishandles (Abandon, Compare, ModifyDN, SASL binds, extended
-// operations), so that no client input can drop another client's session
-// or the process. Bind and search reach gldap over an internal loopback
-// connection per client.
+// A front end of our own (guard.go) owns the client sockets: it terminates
+// TLS, enforces idle timeouts, connection and message-size caps, checks
+// every message's BER structure, serves searches (search_serve.go) and
+// answers the operations github.com/jimlambrt/gldap v0.1.14 mishandles
+// (Abandon, Compare, ModifyDN, SASL binds, extended operations), so that no
+// client input can drop another client's session or the process. Simple
+// binds are handled by gldap, reached over an internal loopback connection
+// per client. Searches are not: gldap's encoder and the extra hop cost more
+// per search than a whole slapd search (profiled), and they are the hot
+// path.
 package ldap
 
 import (
