@@ -116,15 +116,21 @@ func UserResource(u *store.User, l Links, groups []store.Group, manager *store.U
 		m[SchemaEnterprise] = x
 		schemas = append(schemas, SchemaEnterprise)
 	}
-	for urn, raw := range u.Extensions {
+	m["schemas"] = addExtensions(m, schemas, u.Extensions)
+	return m
+}
+
+// addExtensions puts each stored extension object into resource m under
+// its schema URN and returns schemas with those URNs added.
+func addExtensions(m map[string]any, schemas []any, exts map[string]json.RawMessage) []any {
+	for urn, raw := range exts {
 		var v any
 		if json.Unmarshal(raw, &v) == nil {
 			m[urn] = v
 			schemas = append(schemas, urn)
 		}
 	}
-	m["schemas"] = schemas
-	return m
+	return schemas
 }
 
 // GroupResource renders g as a SCIM Group resource; members are included
@@ -151,15 +157,7 @@ func GroupResource(g *store.Group, l Links) map[string]any {
 		}
 		m["members"] = ms
 	}
-	schemas := m["schemas"].([]any)
-	for urn, raw := range g.Extensions {
-		var v any
-		if json.Unmarshal(raw, &v) == nil {
-			m[urn] = v
-			schemas = append(schemas, urn)
-		}
-	}
-	m["schemas"] = schemas
+	m["schemas"] = addExtensions(m, m["schemas"].([]any), g.Extensions)
 	return m
 }
 

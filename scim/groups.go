@@ -11,12 +11,30 @@ import (
 	"github.com/scimldap/scimldap/store"
 )
 
-func readBody(r *http.Request) ([]byte, error) {
+// readPatch reads what every PATCH starts with: If-Match and the PatchOp
+// body.
+func readPatch(r *http.Request) (version uint64, ops []PatchOp, err error) {
+	if version, err = ifMatch(r); err != nil {
+		return 0, nil, err
+	}
 	body, err := io.ReadAll(r.Body)
 	if err != nil {
-		return nil, fmt.Errorf("read body: %w", err)
+		return 0, nil, fmt.Errorf("read body: %w", err)
 	}
-	return body, nil
+	ops, err = ParsePatch(body)
+	return version, ops, err
+}
+
+// patched answers a successful PATCH: 204 with the new ETag, or 200 with
+// the resource when the request names attributes to return (RFC 7644
+// §3.5.2).
+func patched(w http.ResponseWriter, r *http.Request, version uint64, writeBody func() error) error {
+	if wantsBody(r) {
+		return writeBody()
+	}
+	w.Header().Set("ETag", mapping.ETag(version))
+	w.WriteHeader(http.StatusNoContent)
+	return nil
 }
 
 // wantMembers reports whether a response needs the members list; Entra
@@ -118,15 +136,7 @@ func (h *Handler) replaceGroup(w http.ResponseWriter, r *http.Request, t *tenant
 // does not want member lists back (unless attributes are asked for).
 func (h *Handler) patchGroup(w http.ResponseWriter, r *http.Request, t *tenantCtx) error {
 	id := r.PathValue("id")
-	ver, err := ifMatch(r)
-	if err != nil {
-		return err
-	}
-	body, err := readBody(r)
-	if err != nil {
-		return err
-	}
-	ops, err := ParsePatch(body)
+	ver, ops, err := readPatch(r)
 	if err != nil {
 		return err
 	}
@@ -148,12 +158,7 @@ func (h *Handler) patchGroup(w http.ResponseWriter, r *http.Request, t *tenantCt
 	if err != nil {
 		return notFound(err, "Group", id)
 	}
-	if !wantsBody(r) {
-		w.Header().Set("ETag", mapping.ETag(g.Meta.Version))
-		w.WriteHeader(http.StatusNoContent)
-		return nil
-	}
-	return h.writeGroup(w, r, t, &g, http.StatusOK)
+	return patched(w, r, g.Meta.Version, func() error { return h.writeGroup(w, r, t, &g, http.StatusOK) })
 }
 
 func (h *Handler) deleteGroup(w http.ResponseWriter, r *http.Request, t *tenantCtx) error {

@@ -106,19 +106,11 @@ func (h *Handler) replaceUser(w http.ResponseWriter, r *http.Request, t *tenantC
 }
 
 // patchUser applies a PatchOp request atomically: the operations run on a
-// copy of the resource inside the store's write transaction, and the result
-// is stored only if every one of them applies.
+// copy of the resource, and the result is stored only if every one of them
+// applies and nothing changed the user meanwhile.
 func (h *Handler) patchUser(w http.ResponseWriter, r *http.Request, t *tenantCtx) error {
 	id := r.PathValue("id")
-	ver, err := ifMatch(r)
-	if err != nil {
-		return err
-	}
-	body, err := readBody(r)
-	if err != nil {
-		return err
-	}
-	ops, err := ParsePatch(body)
+	ver, ops, err := readPatch(r)
 	if err != nil {
 		return err
 	}
@@ -143,12 +135,7 @@ func (h *Handler) patchUser(w http.ResponseWriter, r *http.Request, t *tenantCtx
 	if err != nil {
 		return notFound(err, "User", id)
 	}
-	if !wantsBody(r) {
-		w.Header().Set("ETag", mapping.ETag(u.Meta.Version))
-		w.WriteHeader(http.StatusNoContent)
-		return nil
-	}
-	return h.writeUser(w, r, t, &u, http.StatusOK)
+	return patched(w, r, u.Meta.Version, func() error { return h.writeUser(w, r, t, &u, http.StatusOK) })
 }
 
 func (h *Handler) deleteUser(w http.ResponseWriter, r *http.Request, t *tenantCtx) error {
