@@ -341,6 +341,9 @@ func (v *view) load(ctx context.Context, d *directory) {
 	for id := range v.groups {
 		v.buildGroupEntry(id)
 	}
+	if err := d.st.ReleaseMemory(); err != nil {
+		d.log.Warn("could not release the database's mapped pages", "err", err)
+	}
 	d.log.Info("LDAP view loaded", "tenant", v.tenant, "users", len(v.userList), "groups", len(v.groupList))
 }
 

@@ -300,3 +300,18 @@ func TestIDsSortByCreation(t *testing.T) {
 		prev = id
 	}
 }
+
+func TestReleaseMemoryKeepsData(t *testing.T) {
+	ctx := context.Background()
+	s, _ := openTest(t)
+	u, _ := s.CreateUser(ctx, "acme", User{UserName: "kept"})
+	if err := s.ReleaseMemory(); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.User(ctx, "acme", u.ID); err != nil || got.UserName != "kept" {
+		t.Fatalf("after ReleaseMemory: %+v, %v", got, err)
+	}
+	if _, err := s.CreateUser(ctx, "acme", User{UserName: "new"}); err != nil {
+		t.Fatal(err)
+	}
+}
