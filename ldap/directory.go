@@ -13,12 +13,10 @@ import (
 	"github.com/scimldap/scimldap/store"
 )
 
-// eattr is a view of one attribute of an entry: its type, values and the
-// values normalised under the attribute's equality rule.
+// eattr is a view of one attribute of an entry: its type and values.
 type eattr struct {
 	t    *attrType
 	vals []string
-	norm []string
 }
 
 // attrRef locates one attribute's values in an entry's flat value slices.
@@ -38,17 +36,11 @@ type entry struct {
 	refs  []attrRef // user attributes first, then operational ones
 	nUser int
 	vals  []string
-	norm  []string // nil when every normalised value equals its value
 }
 
 func (e *entry) view(i int) eattr {
 	r := e.refs[i]
-	v := e.vals[r.off : r.off+r.n]
-	n := v
-	if e.norm != nil {
-		n = e.norm[r.off : r.off+r.n]
-	}
-	return eattr{t: r.t, vals: v, norm: n}
+	return eattr{t: r.t, vals: e.vals[r.off : r.off+r.n]}
 }
 
 // The operational attributes every entry has are produced when asked for
@@ -68,9 +60,9 @@ func (e *entry) get(t *attrType) (eattr, bool) {
 	if e.key != "" { // directory entries, not the root DSE or subschema
 		switch t {
 		case typeEntryDN:
-			return eattr{t: t, vals: []string{e.dn}, norm: []string{e.ndn}}, true
+			return eattr{t: t, vals: []string{e.dn}}, true
 		case typeSubschema:
-			return eattr{t: t, vals: []string{subschemaDN}, norm: []string{"cn=subschema"}}, true
+			return eattr{t: t, vals: []string{subschemaDN}}, true
 		}
 	}
 	return eattr{}, false
@@ -90,32 +82,15 @@ func newEntry(me mapping.Entry, key string) *entry {
 	}
 	e.vals = make([]string, 0, n)
 	e.refs = make([]attrRef, 0, len(me.Attrs)+len(me.Operational))
-	var norm []string
 	add := func(as []mapping.Attr) {
 		for _, a := range as {
-			t := registerAttr(a.Name)
-			off := len(e.vals)
-			for _, v := range a.Values {
-				nv := v
-				if t.rule != ruleOctet {
-					nv = t.normalize(v)
-				}
-				if nv != v && norm == nil {
-					norm = make([]string, len(e.vals), n)
-					copy(norm, e.vals)
-				}
-				e.vals = append(e.vals, v)
-				if norm != nil {
-					norm = append(norm, nv)
-				}
-			}
-			e.refs = append(e.refs, attrRef{t: t, off: uint16(off), n: uint16(len(a.Values))})
+			e.refs = append(e.refs, attrRef{t: registerAttr(a.Name), off: uint16(len(e.vals)), n: uint16(len(a.Values))})
+			e.vals = append(e.vals, a.Values...)
 		}
 	}
 	add(me.Attrs)
 	e.nUser = len(e.refs)
 	add(me.Operational)
-	e.norm = norm
 	return e
 }
 
@@ -438,8 +413,8 @@ func (v *view) place(e *entry, visible bool) {
 	}
 	for i := range e.refs {
 		if idx := v.eq[e.refs[i].t]; idx != nil {
-			for _, n := range e.view(i).norm {
-				idx.add(n, e)
+			for _, val := range e.view(i).vals {
+				idx.add(e.refs[i].t.normalize(val), e)
 			}
 		}
 	}
@@ -459,8 +434,8 @@ func (v *view) unplace(e *entry, visible bool) {
 	}
 	for i := range e.refs {
 		if idx := v.eq[e.refs[i].t]; idx != nil {
-			for _, n := range e.view(i).norm {
-				idx.remove(n, e)
+			for _, val := range e.view(i).vals {
+				idx.remove(e.refs[i].t.normalize(val), e)
 			}
 		}
 	}

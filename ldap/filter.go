@@ -417,13 +417,14 @@ func (f *lfilter) match(e *entry) tri {
 		}
 		return falseT
 	}
+	var scratch [256]byte
 	switch f.kind {
 	case fEqual, fApprox:
 		if f.t.rule == ruleInteger {
-			return matchInts(a.norm, f.nval, func(a, b int64) bool { return a == b })
+			return matchInts(a.vals, f.nval, func(a, b int64) bool { return a == b })
 		}
-		for _, v := range a.norm {
-			if v == f.nval {
+		for _, v := range a.vals {
+			if f.t.normInto(scratch[:0], v) == f.nval {
 				return trueT
 			}
 		}
@@ -434,11 +435,12 @@ func (f *lfilter) match(e *entry) tri {
 		}
 		if f.t.rule == ruleInteger {
 			if f.kind == fGreater {
-				return matchInts(a.norm, f.nval, func(a, b int64) bool { return a >= b })
+				return matchInts(a.vals, f.nval, func(a, b int64) bool { return a >= b })
 			}
-			return matchInts(a.norm, f.nval, func(a, b int64) bool { return a <= b })
+			return matchInts(a.vals, f.nval, func(a, b int64) bool { return a <= b })
 		}
-		for _, v := range a.norm {
+		for _, raw := range a.vals {
+			v := f.t.normInto(scratch[:0], raw)
 			if f.kind == fGreater && v >= f.nval || f.kind == fLess && v <= f.nval {
 				return trueT
 			}
@@ -448,8 +450,8 @@ func (f *lfilter) match(e *entry) tri {
 		if !f.t.substr {
 			return undefined
 		}
-		for _, v := range a.norm {
-			if matchSubstr(v, f.init, f.any, f.final) {
+		for _, v := range a.vals {
+			if matchSubstr(f.t.normInto(scratch[:0], v), f.init, f.any, f.final) {
 				return trueT
 			}
 		}
@@ -479,7 +481,7 @@ func matchInts(vals []string, want string, cmp func(a, b int64) bool) tri {
 		return undefined
 	}
 	for _, v := range vals {
-		if n, err := strconv.ParseInt(v, 10, 64); err == nil && cmp(n, w) {
+		if n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64); err == nil && cmp(n, w) {
 			return trueT
 		}
 	}
@@ -505,8 +507,8 @@ func (f *lfilter) matchExt(e *entry, a *eattr) tri {
 		if a == nil {
 			return falseT
 		}
-		for _, v := range a.norm {
-			n, err := strconv.ParseInt(v, 10, 64)
+		for _, v := range a.vals {
+			n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
 			if err != nil {
 				continue
 			}
@@ -518,8 +520,9 @@ func (f *lfilter) matchExt(e *entry, a *eattr) tri {
 	case "", "2.5.13.2", "caseignorematch", "2.5.13.5", "caseexactmatch", "2.5.13.1", "distinguishednamematch", "2.5.13.20", "telephonenumbermatch", "2.5.13.14", "integermatch":
 		exact := strings.EqualFold(f.rule, "2.5.13.5") || strings.EqualFold(f.rule, "caseExactMatch")
 		if a != nil {
-			for i, v := range a.norm {
-				if exact && a.vals[i] == f.val || !exact && v == f.nval {
+			var scratch [256]byte
+			for _, v := range a.vals {
+				if exact && v == f.val || !exact && f.t.normInto(scratch[:0], v) == f.nval {
 					return trueT
 				}
 			}

@@ -165,3 +165,29 @@ func FuzzParseDN(f *testing.F) {
 		}
 	})
 }
+
+func TestNormIntoMatchesNormalize(t *testing.T) {
+	types := []*attrType{lookupAttr("cn"), lookupAttr("telephoneNumber"), lookupAttr("manager"), lookupAttr("objectGUID"), lookupAttr("enabled")}
+	for _, v := range []string{"", " ", "abc", "ABC", "  Mario   Rossi ", "a b", "Ana María", "+39 06-123 4567", "uid=A, ou=B", "\x00x", "İstanbul", "true "} {
+		for _, ty := range types {
+			var scratch [8]byte
+			if got, want := ty.normInto(scratch[:0], v), ty.normalize(v); got != want {
+				t.Errorf("%s.normInto(%q) = %q; normalize = %q", ty.name, v, got, want)
+			}
+		}
+	}
+}
+
+func FuzzNormalize(f *testing.F) {
+	f.Add("  Mario   Rossi ", "+39 06-12")
+	f.Fuzz(func(t *testing.T, a, b string) {
+		for _, ty := range []*attrType{lookupAttr("cn"), lookupAttr("mobile")} {
+			for _, v := range []string{a, b} {
+				var scratch [16]byte
+				if got, want := ty.normInto(scratch[:0], v), ty.normalize(v); got != want {
+					t.Fatalf("%s.normInto(%q) = %q; normalize = %q", ty.name, v, got, want)
+				}
+			}
+		}
+	})
+}

@@ -363,8 +363,8 @@ func (gc *guardConn) compare(env envelope) []byte {
 	}
 	if a, ok := e.get(t); ok {
 		want := t.normalize(string(ava[1].body))
-		for _, n := range a.norm {
-			if n == want {
+		for _, v := range a.vals {
+			if t.normalize(v) == want {
 				return res(resCompareTrue, "")
 			}
 		}

@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"unsafe"
 )
 
 // rule is how values of an attribute are compared.
@@ -197,13 +198,113 @@ func (t *attrType) normalize(v string) string {
 	return v
 }
 
+// normInto returns v normalised like normalize, without allocating when v
+// is ASCII: the result is built in scratch (and then valid only until
+// scratch is reused) or is v itself when v is already normal. Filters
+// compare with it, so entries need not keep a normalised copy of every
+// value.
+func (t *attrType) normInto(scratch []byte, v string) string {
+	switch t.rule {
+	case ruleCaseIgnore:
+		b := scratch[:0]
+		clean := true // v is already lower case with single inner spaces
+		space := true // at the start, spaces are dropped
+		for i := 0; i < len(v); i++ {
+			c := v[i]
+			if c >= 0x80 {
+				return foldSpaces(strings.ToLower(v))
+			}
+			if isSpace(c) {
+				if space || c != ' ' {
+					clean = false
+				}
+				if space {
+					continue
+				}
+				space = true
+				b = append(b, ' ')
+				continue
+			}
+			space = false
+			if c >= 'A' && c <= 'Z' {
+				c += 'a' - 'A'
+				clean = false
+			}
+			b = append(b, c)
+		}
+		if len(b) > 0 && b[len(b)-1] == ' ' {
+			b = b[:len(b)-1]
+			clean = false
+		}
+		if clean {
+			return v
+		}
+		if len(b) == 0 {
+			return ""
+		}
+		return unsafe.String(&b[0], len(b))
+	case ruleTelephone:
+		b := scratch[:0]
+		changed := false
+		for i := 0; i < len(v); i++ {
+			c := v[i]
+			if c >= 0x80 {
+				return t.normalize(v)
+			}
+			switch {
+			case c == ' ' || c == '-':
+				changed = true
+				continue
+			case c >= 'A' && c <= 'Z':
+				c += 'a' - 'A'
+				changed = true
+			}
+			b = append(b, c)
+		}
+		if !changed {
+			return v
+		}
+		if len(b) == 0 {
+			return ""
+		}
+		return unsafe.String(&b[0], len(b))
+	case ruleOctet:
+		return v
+	}
+	return t.normalize(v)
+}
+
+// isSpace reports whether c counts as a space for caseIgnore matching:
+// SPACE, and TAB, LF, VT, FF, CR, which RFC 4518 §2.2 maps to SPACE.
+func isSpace(c byte) bool { return c == ' ' || c >= '\t' && c <= '\r' }
+
 // foldSpaces trims and collapses runs of spaces (RFC 4518 insignificant
 // space handling), returning v itself when nothing changes.
 func foldSpaces(v string) string {
-	if !strings.Contains(v, "  ") && !strings.HasPrefix(v, " ") && !strings.HasSuffix(v, " ") {
+	clean := len(v) == 0 || !isSpace(v[0]) && !isSpace(v[len(v)-1])
+	for i := 0; clean && i < len(v); i++ {
+		if isSpace(v[i]) && (v[i] != ' ' || i+1 < len(v) && isSpace(v[i+1])) {
+			clean = false
+		}
+	}
+	if clean {
 		return v
 	}
-	return strings.Join(strings.Fields(v), " ")
+	var b strings.Builder
+	space := true
+	for i := 0; i < len(v); i++ {
+		if isSpace(v[i]) {
+			if !space {
+				b.WriteByte(' ')
+			}
+			space = true
+			continue
+		}
+		space = false
+		b.WriteByte(v[i])
+	}
+	out := b.String()
+	return strings.TrimSuffix(out, " ")
 }
 
 // objectClasses served, for the subschema entry.

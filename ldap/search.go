@@ -192,21 +192,35 @@ type sortKey struct {
 func sortEntries(es []*entry, keys []sortKey) {
 	val := func(e *entry, k sortKey) (string, bool) {
 		a, ok := e.get(k.t)
-		if !ok || len(a.norm) == 0 {
+		if !ok || len(a.vals) == 0 {
 			return "", false
 		}
-		m := a.norm[0]
-		for _, n := range a.norm[1:] {
-			if n < m {
+		m := k.t.normalize(a.vals[0])
+		for _, v := range a.vals[1:] {
+			if n := k.t.normalize(v); n < m {
 				m = n
 			}
 		}
 		return m, true
 	}
+	// Sort keys are computed once per entry, not per comparison.
+	type keyed struct {
+		vals []string
+		has  []bool
+	}
+	ks := make(map[*entry]keyed, len(es))
+	for _, e := range es {
+		kd := keyed{vals: make([]string, len(keys)), has: make([]bool, len(keys))}
+		for i, k := range keys {
+			kd.vals[i], kd.has[i] = val(e, k)
+		}
+		ks[e] = kd
+	}
 	sort.SliceStable(es, func(i, j int) bool {
-		for _, k := range keys {
-			a, aok := val(es[i], k)
-			b, bok := val(es[j], k)
+		ki, kj := ks[es[i]], ks[es[j]]
+		for n, k := range keys {
+			a, aok := ki.vals[n], ki.has[n]
+			b, bok := kj.vals[n], kj.has[n]
 			if aok != bok {
 				return aok
 			}
