@@ -24,6 +24,7 @@ type Config struct {
 	LogLevel   string `toml:"log_level"`
 	LogFormat  string `toml:"log_format"`
 	PublicHost string `toml:"public_host"`
+	GCPercent  int    `toml:"gc_percent"`
 
 	SCIM    SCIMConfig              `toml:"scim"`
 	LDAP    LDAPConfig              `toml:"ldap"`
@@ -107,6 +108,7 @@ func DefaultConfig() Config {
 		DataDir:   "./data",
 		LogLevel:  "info",
 		LogFormat: "text",
+		GCPercent: 50,
 		SCIM: SCIMConfig{
 			Addr:           ":8443",
 			MaxBodyBytes:   sc.MaxBodyBytes,
@@ -172,6 +174,9 @@ func (c *Config) Validate() error {
 	case "text", "json":
 	default:
 		add("log_format: %q is not one of text, json", c.LogFormat)
+	}
+	if c.GCPercent < 10 || c.GCPercent > 1000 {
+		add("gc_percent: %d is outside 10 to 1000", c.GCPercent)
 	}
 	checkAddr := func(key, addr string, optional bool) {
 		if addr == "" && optional {
