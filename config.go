@@ -315,12 +315,20 @@ func (c *Config) ldapConfig() ldap.Config {
 	lc.MaxConnections = c.LDAP.MaxConnections
 	lc.MaxMessageBytes = c.LDAP.MaxMessageBytes
 	lc.PageCookieTTL = c.LDAP.PageCookieTTL.Duration
-	lc.Tenant = func(name string) mapping.Options {
-		o, err := c.ldapTenant(name)
-		if err != nil { // Validate ran at start; defaults are always valid
-			o, _ = mapping.NewOptions(mapping.Config{Suffix: c.LDAP.Suffix})
+	// Options are compiled once: binds and searches ask for them often.
+	// Validate ran at start, so compiling cannot fail here.
+	defaults, _ := mapping.NewOptions(mapping.Config{Suffix: c.LDAP.Suffix})
+	byTenant := map[string]mapping.Options{}
+	for name := range c.Tenants {
+		if o, err := c.ldapTenant(name); err == nil {
+			byTenant[name] = o
 		}
-		return o
+	}
+	lc.Tenant = func(name string) mapping.Options {
+		if o, ok := byTenant[strings.ToLower(name)]; ok {
+			return o
+		}
+		return defaults
 	}
 	return lc
 }
