@@ -21,6 +21,7 @@ type guardConn struct {
 	wmu     sync.Mutex // serialises writes to client and swaps on StartTLS
 	client  net.Conn
 	bw      *bufio.Writer // on client, under wmu
+	encBuf  []byte        // entry encoding buffer, under wmu
 	cr      *bufio.Reader
 	backend net.Conn
 	br      *bufio.Reader

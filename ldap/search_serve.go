@@ -362,7 +362,8 @@ func (gc *guardConn) runSearch(q *searchReq) {
 	defer gc.wmu.Unlock()
 	w := gc.bw
 	gc.client.SetWriteDeadline(time.Now().Add(60 * time.Second))
-	var buf []byte
+	buf := gc.encBuf // reused across searches; wmu is held
+	defer func() { gc.encBuf = buf[:0] }()
 	res := func() (res searchResult) {
 		defer func() {
 			if p := recover(); p != nil {
