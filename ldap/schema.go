@@ -134,10 +134,12 @@ var attrTypes = func() []attrType {
 // caseIgnore matching.
 var (
 	registryMu sync.RWMutex
-	registry   = func() map[string]*attrType {
+	// registry maps lower-case names, and canonical spellings, to types.
+	registry = func() map[string]*attrType {
 		m := map[string]*attrType{}
 		for i := range attrTypes {
 			m[strings.ToLower(attrTypes[i].name)] = &attrTypes[i]
+			m[attrTypes[i].name] = &attrTypes[i]
 		}
 		return m
 	}()
@@ -148,7 +150,10 @@ var (
 // directory does not know it (a filter on it is Undefined).
 func lookupAttr(name string) *attrType {
 	registryMu.RLock()
-	t := registry[strings.ToLower(name)]
+	t, ok := registry[name] // names usually arrive in canonical case
+	if !ok {
+		t = registry[strings.ToLower(name)]
+	}
 	registryMu.RUnlock()
 	return t
 }
@@ -168,6 +173,7 @@ func registerAttr(name string) *attrType {
 	t.id = nextID
 	nextID++
 	registry[strings.ToLower(name)] = &t
+	registry[name] = &t
 	return &t
 }
 

@@ -165,12 +165,20 @@ func compileGetter(path string) (getter, error) {
 		if a == nil || a.Name == "manager" || sub != "" {
 			return nil, fmt.Errorf("unknown enterprise attribute %q", attr)
 		}
-		name := a.Name
-		return func(u *store.User) []string {
-			e := u.Enterprise
-			return nonEmpty(map[string]string{"employeeNumber": e.EmployeeNumber, "costCenter": e.CostCenter, "organization": e.Organization,
-				"division": e.Division, "department": e.Department}[name])
-		}, nil
+		var field func(e *store.Enterprise) string
+		switch a.Name {
+		case "employeeNumber":
+			field = func(e *store.Enterprise) string { return e.EmployeeNumber }
+		case "costCenter":
+			field = func(e *store.Enterprise) string { return e.CostCenter }
+		case "organization":
+			field = func(e *store.Enterprise) string { return e.Organization }
+		case "division":
+			field = func(e *store.Enterprise) string { return e.Division }
+		default:
+			field = func(e *store.Enterprise) string { return e.Department }
+		}
+		return func(u *store.User) []string { return nonEmpty(field(&u.Enterprise)) }, nil
 	}
 	a := Lookup(&UserSchema, attr)
 	if a == nil || a.Name == "meta" || a.Name == "password" || a.Name == "groups" {
@@ -195,14 +203,30 @@ func compileGetter(path string) (getter, error) {
 		if sub == "" {
 			sub = "formatted"
 		}
-		sa := a.Sub(sub).Name
+		var field func(a *store.Address) string
+		switch a.Sub(sub).Name {
+		case "formatted":
+			field = func(a *store.Address) string { return a.Formatted }
+		case "streetAddress":
+			field = func(a *store.Address) string { return a.StreetAddress }
+		case "locality":
+			field = func(a *store.Address) string { return a.Locality }
+		case "region":
+			field = func(a *store.Address) string { return a.Region }
+		case "postalCode":
+			field = func(a *store.Address) string { return a.PostalCode }
+		case "country":
+			field = func(a *store.Address) string { return a.Country }
+		case "type":
+			field = func(a *store.Address) string { return a.Type }
+		default: // primary: not a string
+			field = func(*store.Address) string { return "" }
+		}
 		return func(u *store.User) []string {
 			var out []string
-			for _, ad := range u.Addresses {
-				if sel(ad.Type, ad.Primary) {
-					v := map[string]string{"formatted": ad.Formatted, "streetAddress": ad.StreetAddress, "locality": ad.Locality,
-						"region": ad.Region, "postalCode": ad.PostalCode, "country": ad.Country, "type": ad.Type}[sa]
-					if v != "" {
+			for i := range u.Addresses {
+				if ad := &u.Addresses[i]; sel(ad.Type, ad.Primary) {
+					if v := field(ad); v != "" {
 						out = append(out, v)
 					}
 				}
@@ -214,7 +238,17 @@ func compileGetter(path string) (getter, error) {
 		if sub == "" {
 			sub = "value"
 		}
-		sa := a.Sub(sub).Name
+		var field func(v *store.MultiValue) string
+		switch a.Sub(sub).Name {
+		case "value":
+			field = func(v *store.MultiValue) string { return v.Value }
+		case "display":
+			field = func(v *store.MultiValue) string { return v.Display }
+		case "type":
+			field = func(v *store.MultiValue) string { return v.Type }
+		default: // primary: not a string
+			field = func(*store.MultiValue) string { return "" }
+		}
 		list := map[string]func(u *store.User) []store.MultiValue{
 			"emails": func(u *store.User) []store.MultiValue { return u.Emails }, "phoneNumbers": func(u *store.User) []store.MultiValue { return u.PhoneNumbers },
 			"ims": func(u *store.User) []store.MultiValue { return u.IMs }, "photos": func(u *store.User) []store.MultiValue { return u.Photos },
@@ -223,10 +257,10 @@ func compileGetter(path string) (getter, error) {
 		}[a.Name]
 		return func(u *store.User) []string {
 			var out []string
-			for _, v := range list(u) {
-				if sel(v.Type, v.Primary) {
-					s := map[string]string{"value": v.Value, "display": v.Display, "type": v.Type}[sa]
-					if s != "" {
+			vs := list(u)
+			for i := range vs {
+				if v := &vs[i]; sel(v.Type, v.Primary) {
+					if s := field(v); s != "" {
 						out = append(out, s)
 					}
 				}
@@ -238,12 +272,22 @@ func compileGetter(path string) (getter, error) {
 		if sub == "" {
 			sub = "formatted"
 		}
-		sa := a.Sub(sub).Name
-		return func(u *store.User) []string {
-			n := u.Name
-			return nonEmpty(map[string]string{"formatted": n.Formatted, "familyName": n.FamilyName, "givenName": n.GivenName,
-				"middleName": n.MiddleName, "honorificPrefix": n.HonorificPrefix, "honorificSuffix": n.HonorificSuffix}[sa])
-		}, nil
+		var field func(n *store.Name) string
+		switch a.Sub(sub).Name {
+		case "formatted":
+			field = func(n *store.Name) string { return n.Formatted }
+		case "familyName":
+			field = func(n *store.Name) string { return n.FamilyName }
+		case "givenName":
+			field = func(n *store.Name) string { return n.GivenName }
+		case "middleName":
+			field = func(n *store.Name) string { return n.MiddleName }
+		case "honorificPrefix":
+			field = func(n *store.Name) string { return n.HonorificPrefix }
+		default:
+			field = func(n *store.Name) string { return n.HonorificSuffix }
+		}
+		return func(u *store.User) []string { return nonEmpty(field(&u.Name)) }, nil
 	}
 	name := a.Name
 	return func(u *store.User) []string {
