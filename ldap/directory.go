@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -295,10 +296,7 @@ func (v *view) load(ctx context.Context, d *directory) {
 		for id := range v.groups {
 			v.buildGroupEntry(id)
 		}
-		err = d.st.ScanUsers(ctx, v.tenant, func(u *store.User) error {
-			v.putUser(u)
-			return nil
-		})
+		err = v.loadUsers(ctx, d.st)
 	}
 	if err != nil {
 		v.loadErr = fmt.Errorf("load LDAP view of tenant %s: %w", v.tenant, err)
@@ -374,31 +372,68 @@ func (v *view) groupDNsOf(id string) []string {
 	return dns
 }
 
-// putUser (re)builds the entry of u and places it; it returns the old
-// entry's DN and visibility so callers can tell whether dependents change.
-func (v *view) putUser(u *store.User) (oldDN string, oldVisible bool) {
-	old := v.users[u.ID]
+// loadUsers builds every user's entry on all cores and places them from
+// one goroutine. Manager DNs are left for the pass after it, when every
+// user is known.
+func (v *view) loadUsers(ctx context.Context, st *store.Store) error {
+	type built struct {
+		id, manager string
+		e           *entry
+		visible     bool
+	}
+	ch := make(chan built, 1024)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for b := range ch {
+			v.placeUser(b.id, b.manager, b.e, b.visible)
+		}
+	}()
+	err := st.ScanUsersConcurrently(ctx, v.tenant, runtime.GOMAXPROCS(0), func(u *store.User) error {
+		e, visible := v.buildUser(u, "") // reads only group state, fixed while loading
+		ch <- built{u.ID, u.Enterprise.Manager, e, visible}
+		return nil
+	})
+	close(ch)
+	<-done
+	return err
+}
+
+// buildUser makes u's entry and says whether it is shown.
+func (v *view) buildUser(u *store.User, managerDN string) (*entry, bool) {
+	e := newEntry(v.opts.UserEntry(v.tenant, u, managerDN, v.groupDNsOf(u.ID)), "1"+u.ID)
+	visible := v.opts.Visible(u) && v.opts.UserRDNValue(u) != "" && (v.scope == nil || v.scope.match(e) == trueT)
+	return e, visible
+}
+
+// placeUser replaces user id's entry with e, keeping relations current.
+func (v *view) placeUser(id, manager string, e *entry, visible bool) (oldDN string, oldVisible bool) {
+	old := v.users[id]
 	if old != nil {
 		oldDN, oldVisible = old.e.dn, old.visible
 		v.unplace(old.e, old.visible)
-		if old.manager != u.Enterprise.Manager {
-			delRel(v.reports, old.manager, u.ID)
+		if old.manager != manager {
+			delRel(v.reports, old.manager, id)
 		}
 	}
-	if u.Enterprise.Manager != "" {
-		addRel(v.reports, u.Enterprise.Manager, u.ID)
+	if manager != "" {
+		addRel(v.reports, manager, id)
 	}
-	e := newEntry(v.opts.UserEntry(v.tenant, u, v.userDN(u.Enterprise.Manager), v.groupDNsOf(u.ID)), "1"+u.ID)
-	us := &userState{e: e, manager: u.Enterprise.Manager}
-	us.visible = v.opts.Visible(u) && v.opts.UserRDNValue(u) != "" && (v.scope == nil || v.scope.match(e) == trueT)
-	if other := v.byNDN[e.ndn]; us.visible && other != nil && other != e {
+	if other := v.byNDN[e.ndn]; visible && other != nil && other != e {
 		// Two users mapping to one DN (a uid mapping that is not unique):
 		// the first keeps it; the second stays hidden rather than shadow it.
-		us.visible = false
+		visible = false
 	}
-	v.users[u.ID] = us
-	v.place(e, us.visible)
+	v.users[id] = &userState{e: e, manager: manager, visible: visible}
+	v.place(e, visible)
 	return
+}
+
+// putUser (re)builds the entry of u and places it; it returns the old
+// entry's DN and visibility so callers can tell whether dependents change.
+func (v *view) putUser(u *store.User) (oldDN string, oldVisible bool) {
+	e, visible := v.buildUser(u, v.userDN(u.Enterprise.Manager))
+	return v.placeUser(u.ID, u.Enterprise.Manager, e, visible)
 }
 
 func (v *view) place(e *entry, visible bool) {

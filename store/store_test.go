@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -313,5 +314,40 @@ func TestReleaseMemoryKeepsData(t *testing.T) {
 	}
 	if _, err := s.CreateUser(ctx, "acme", User{UserName: "new"}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestScanUsersConcurrently(t *testing.T) {
+	ctx := context.Background()
+	s, _ := openTest(t)
+	want := map[string]bool{}
+	for i := 0; i < 700; i++ {
+		u, err := s.CreateUser(ctx, "acme", User{UserName: "u" + strconv.Itoa(i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want[u.ID] = true
+	}
+	var mu sync.Mutex
+	seen := map[string]int{}
+	if err := s.ScanUsersConcurrently(ctx, "acme", 3, func(u *User) error {
+		mu.Lock()
+		seen[u.ID]++
+		mu.Unlock()
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for id := range want {
+		if seen[id] != 1 {
+			t.Fatalf("user %s seen %d times", id, seen[id])
+		}
+	}
+	boom := errors.New("boom")
+	if err := s.ScanUsersConcurrently(ctx, "acme", 2, func(*User) error { return boom }); !errors.Is(err, boom) {
+		t.Fatalf("error from fn: %v", err)
+	}
+	if err := s.ScanUsersConcurrently(ctx, "ghost", 2, func(*User) error { return nil }); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("unknown tenant: %v", err)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -274,3 +275,71 @@ func (s *Store) CountUsers(ctx context.Context, t string) (int, error) {
 
 // ErrStop ends a scan early without an error.
 var ErrStop = errors.New("stop")
+
+// ScanUsersConcurrently calls fn for every user of tenant t from n
+// goroutines at once, in no defined order, decoding records in parallel.
+// It reads one consistent snapshot. fn must be safe for concurrent use; the
+// first error it returns ends the scan and is returned.
+func (s *Store) ScanUsersConcurrently(ctx context.Context, t string, n int, fn func(*User) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	batches := make(chan [][]byte, 2*n)
+	errc := make(chan error, n+1)
+	var wg sync.WaitGroup
+	for w := 0; w < n; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for batch := range batches {
+				for _, raw := range batch {
+					var u User
+					err := json.Unmarshal(raw, &u)
+					if err == nil {
+						err = fn(&u)
+					}
+					if err != nil {
+						errc <- err
+						cancel()
+						for range batches { // drain so the reader can finish
+						}
+						return
+					}
+				}
+			}
+		}()
+	}
+	err := s.view(ctx, func(tx *bolt.Tx) error {
+		defer close(batches)
+		tb, err := tenantBucket(tx, t)
+		if err != nil {
+			return err
+		}
+		batch := make([][]byte, 0, 256)
+		c := tb.Bucket(bucketUsers).Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			batch = append(batch, append([]byte(nil), v...)) // bolt bytes die with the tx
+			if len(batch) == cap(batch) {
+				select {
+				case batches <- batch:
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+				batch = make([][]byte, 0, 256)
+			}
+		}
+		if len(batch) > 0 {
+			batches <- batch
+		}
+		return nil
+	})
+	wg.Wait()
+	select {
+	case werr := <-errc:
+		return fmt.Errorf("store: scan users: %w", werr)
+	default:
+	}
+	if err != nil {
+		return fmt.Errorf("store: scan users: %w", err)
+	}
+	return nil
+}
