@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"unicode/utf8"
 	"unsafe"
 )
 
@@ -181,14 +182,9 @@ func registerAttr(name string) *attrType {
 func (t *attrType) normalize(v string) string {
 	switch t.rule {
 	case ruleCaseIgnore:
-		return foldSpaces(strings.ToLower(v))
+		return foldSpaces(lower(v))
 	case ruleTelephone:
-		return strings.ToLower(strings.Map(func(r rune) rune {
-			if r == ' ' || r == '-' {
-				return -1
-			}
-			return r
-		}, v))
+		return lower(strings.ReplaceAll(strings.ReplaceAll(v, " ", ""), "-", ""))
 	case ruleDN:
 		if n, err := normDN(v); err == nil {
 			return n
@@ -218,7 +214,7 @@ func (t *attrType) normInto(scratch []byte, v string) string {
 		for i := 0; i < len(v); i++ {
 			c := v[i]
 			if c >= 0x80 {
-				return foldSpaces(strings.ToLower(v))
+				return foldSpaces(lower(v))
 			}
 			if isSpace(c) {
 				if space || c != ' ' {
@@ -278,6 +274,21 @@ func (t *attrType) normInto(scratch []byte, v string) string {
 		return v
 	}
 	return t.normalize(v)
+}
+
+// lower lower-cases v. Bytes that are not valid UTF-8 are kept as they are
+// (strings.ToLower would turn each into a three-byte U+FFFD).
+func lower(v string) string {
+	if utf8.ValidString(v) {
+		return strings.ToLower(v)
+	}
+	b := []byte(v)
+	for i, c := range b {
+		if c >= 'A' && c <= 'Z' {
+			b[i] = c + 'a' - 'A'
+		}
+	}
+	return string(b)
 }
 
 // isSpace reports whether c counts as a space for caseIgnore matching:
