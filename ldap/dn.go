@@ -17,7 +17,7 @@ type rdn struct {
 // parseDN parses an RFC 4514 distinguished name. The empty string is the
 // root DSE (no RDNs).
 func parseDN(s string) ([]rdn, error) {
-	s = strings.Trim(s, " ")
+	s = trimDNSpaces(s)
 	if s == "" {
 		return nil, nil
 	}
@@ -108,6 +108,23 @@ func parseDN(s string) ([]rdn, error) {
 			return nil, fmt.Errorf("at position %d: DN ends with a comma", i)
 		}
 	}
+}
+
+// trimDNSpaces trims leading spaces and trailing ones that are not escaped
+// (an odd number of backslashes before a space escapes it).
+func trimDNSpaces(s string) string {
+	s = strings.TrimLeft(s, " ")
+	for len(s) > 0 && s[len(s)-1] == ' ' {
+		n := 0
+		for i := len(s) - 2; i >= 0 && s[i] == '\\'; i-- {
+			n++
+		}
+		if n%2 == 1 {
+			break
+		}
+		s = s[:len(s)-1]
+	}
+	return s
 }
 
 func isHex(c byte) bool {
