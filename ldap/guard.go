@@ -51,6 +51,7 @@ func (s *Server) serveConn(c net.Conn, ldaps bool) {
 	s.mu.Unlock()
 	defer func() {
 		gc.close()
+		gc.wg.Wait() // searches end once their writes fail on the closed socket
 		s.mu.Lock()
 		delete(s.conns, gc)
 		s.mu.Unlock()

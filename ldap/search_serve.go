@@ -164,6 +164,12 @@ func (s *Server) doSearch(ctx context.Context, ci *connInfo, q *searchReq, emit 
 		return errResult(resInsufficientAccess, "bind as a service account first; anonymous clients may read only the root DSE and cn=Subschema")
 	}
 	v, err := s.dir.view(ctx, id.tenant)
+	if errors.Is(err, context.DeadlineExceeded) {
+		return errResult(resTimeLimitExceeded, "time limit exceeded while the directory was loading")
+	}
+	if errors.Is(err, context.Canceled) {
+		return searchResult{code: -1} // abandoned
+	}
 	if err != nil {
 		s.log.Error("search: tenant view unavailable", "tenant", id.tenant, "err", err)
 		return errResult(resOther, "the directory of this tenant is not available; the appliance log has the details")

@@ -19,7 +19,6 @@ import (
 	stdtls "crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"strings"
@@ -324,5 +323,3 @@ func (s *Server) connFor(r *gldap.Request) *connInfo {
 	defer s.mu.Unlock()
 	return s.byBackend[r.ConnectionID()]
 }
-
-var errClosed = io.ErrClosedPipe

@@ -730,3 +730,17 @@ func TestShutdownWithIdleClients(t *testing.T) {
 }
 
 var _ = strings.Contains
+
+func TestTimeLimit(t *testing.T) {
+	ts := newTestServer(t, func(c *Config) { c.TimeLimit = time.Nanosecond }, nil)
+	ts.addUsers(t, "acme", 50, nil)
+	l := ts.bound(t)
+	_, err := l.Search(goldap.NewSearchRequest(people, goldap.ScopeSingleLevel, 0, 0, 0, false, "(objectClass=*)", nil, nil))
+	if !goldap.IsErrorWithCode(err, goldap.LDAPResultTimeLimitExceeded) {
+		t.Fatalf("search past the time limit: %v; want timeLimitExceeded", err)
+	}
+	// The connection stays usable.
+	if _, err := l.Search(goldap.NewSearchRequest("", goldap.ScopeBaseObject, 0, 0, 0, false, "(objectClass=*)", nil, nil)); err != nil && !goldap.IsErrorWithCode(err, goldap.LDAPResultTimeLimitExceeded) {
+		t.Fatalf("after the time limit: %v", err)
+	}
+}
