@@ -103,6 +103,7 @@ var indexed = []string{"uid", "cn", "sn", "mail", "telephoneNumber", "mobile", "
 
 // directory holds one view per tenant, loaded on first use.
 type directory struct {
+	base context.Context // cancelled when the server stops; view loads use it
 	st   *store.Store
 	opts func(tenant string) mapping.Options
 	log  *slog.Logger
@@ -111,8 +112,8 @@ type directory struct {
 	views map[string]*view
 }
 
-func newDirectory(st *store.Store, opts func(string) mapping.Options, log *slog.Logger) *directory {
-	d := &directory{st: st, opts: opts, log: log, views: map[string]*view{}}
+func newDirectory(base context.Context, st *store.Store, opts func(string) mapping.Options, log *slog.Logger) *directory {
+	d := &directory{base: base, st: st, opts: opts, log: log, views: map[string]*view{}}
 	st.Watch(d.onChange)
 	return d
 }
@@ -149,7 +150,7 @@ func (d *directory) view(ctx context.Context, t string) (*view, error) {
 			v.scope = f
 		}
 		d.views[t] = v
-		go v.load(context.WithoutCancel(ctx), d)
+		go v.load(d.base, d) // not the caller's context: the view outlives the request
 	}
 	d.mu.Unlock()
 	select {

@@ -360,7 +360,7 @@ func (gc *guardConn) runSearch(q *searchReq) {
 	if q.timeLimit > 0 && time.Duration(q.timeLimit)*time.Second < limit {
 		limit = time.Duration(q.timeLimit) * time.Second
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	ctx, cancel := context.WithTimeout(s.base, limit)
 	defer gc.ci.track(q.id, cancel)()
 	sel := parseSelection(q.attrs)
 

@@ -90,6 +90,10 @@ type Server struct {
 	slots    chan struct{}
 	throttle *throttle
 
+	// base is cancelled by Shutdown: searches and view loads derive from it.
+	base   context.Context
+	cancel context.CancelFunc
+
 	mu        sync.Mutex
 	listeners []net.Listener
 	conns     map[*guardConn]struct{}
@@ -122,7 +126,8 @@ func New(st *store.Store, cfg Config, tlsCfg *stdtls.Config, log *slog.Logger) (
 		byBackend:  map[int]*connInfo{},
 		backendErr: make(chan error, 1),
 	}
-	s.dir = newDirectory(st, cfg.Tenant, log)
+	s.base, s.cancel = context.WithCancel(context.Background())
+	s.dir = newDirectory(s.base, st, cfg.Tenant, log)
 	if err := s.startBackend(); err != nil {
 		return nil, err
 	}
@@ -233,6 +238,7 @@ func (s *Server) Preload(ctx context.Context) { go s.dir.preload(ctx) }
 // is done or ctx ends.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.closing.Store(true)
+	s.cancel() // running searches and view loads stop
 	s.mu.Lock()
 	for _, ln := range s.listeners {
 		ln.Close()
