@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/scimldap/scimldap/mapping"
 	"github.com/scimldap/scimldap/store"
@@ -303,15 +304,7 @@ func (v *view) load(ctx context.Context, d *directory) {
 		v.loadErr = fmt.Errorf("load LDAP view of tenant %s: %w", v.tenant, err)
 		return
 	}
-	// Manager DNs need every user loaded; member DNs need every user placed.
-	for id, us := range v.users {
-		if us.manager != "" {
-			if err := v.applyUser(ctx, d.st, id, false); err != nil {
-				v.loadErr = err
-				return
-			}
-		}
-	}
+	// Member DNs need every user placed.
 	for id := range v.groups {
 		v.buildGroupEntry(id)
 	}
@@ -374,30 +367,57 @@ func (v *view) groupDNsOf(id string) []string {
 }
 
 // loadUsers builds every user's entry on all cores and places them from
-// one goroutine. Manager DNs are left for the pass after it, when every
-// user is known.
+// one goroutine. Manager DNs need every user's DN, so users with a manager
+// are built again in a second pass, from a snapshot of the DNs.
 func (v *view) loadUsers(ctx context.Context, st *store.Store) error {
 	type built struct {
 		id, manager string
 		e           *entry
 		visible     bool
 	}
-	ch := make(chan built, 1024)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for b := range ch {
-			v.placeUser(b.id, b.manager, b.e, b.visible)
+	pass := func(build func(u *store.User) (*entry, bool, bool)) error {
+		ch := make(chan built, 1024)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for b := range ch {
+				v.placeUser(b.id, b.manager, b.e, b.visible)
+			}
+		}()
+		err := st.ScanUsersConcurrently(ctx, v.tenant, runtime.GOMAXPROCS(0), func(u *store.User) error {
+			if e, visible, ok := build(u); ok {
+				ch <- built{u.ID, u.Enterprise.Manager, e, visible}
+			}
+			return nil
+		})
+		close(ch)
+		<-done
+		return err
+	}
+	var managers atomic.Bool
+	err := pass(func(u *store.User) (*entry, bool, bool) {
+		if u.Enterprise.Manager != "" {
+			managers.Store(true)
 		}
-	}()
-	err := st.ScanUsersConcurrently(ctx, v.tenant, runtime.GOMAXPROCS(0), func(u *store.User) error {
 		e, visible := v.buildUser(u, "") // reads only group state, fixed while loading
-		ch <- built{u.ID, u.Enterprise.Manager, e, visible}
-		return nil
+		return e, visible, true
 	})
-	close(ch)
-	<-done
-	return err
+	if err != nil || !managers.Load() {
+		return err
+	}
+	dnOf := make(map[string]string, len(v.users)) // read-only during the second pass
+	for id, us := range v.users {
+		if us.visible {
+			dnOf[id] = us.e.dn
+		}
+	}
+	return pass(func(u *store.User) (*entry, bool, bool) {
+		if u.Enterprise.Manager == "" {
+			return nil, false, false
+		}
+		e, visible := v.buildUser(u, dnOf[u.Enterprise.Manager])
+		return e, visible, true
+	})
 }
 
 // buildUser makes u's entry and says whether it is shown.

@@ -744,3 +744,25 @@ func TestTimeLimit(t *testing.T) {
 		t.Fatalf("after the time limit: %v", err)
 	}
 }
+
+// TestManagersAfterLoad checks manager DNs built while a view loads, when
+// managers may be stored after or before their reports.
+func TestManagersAfterLoad(t *testing.T) {
+	ts := newTestServer(t, nil, nil)
+	us := ts.addUsers(t, "acme", 40, nil)
+	ctx := context.Background()
+	for i := range us {
+		mgr := us[(i+1)%len(us)] // some managers created before, some after
+		if _, err := ts.st.UpdateUser(ctx, "acme", us[i].ID, 0, func(u *store.User) error { u.Enterprise.Manager = mgr.ID; return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l := ts.bound(t) // the first search loads the view
+	for i, u := range us {
+		e := search(t, l, people, goldap.ScopeSingleLevel, "(entryUUID="+u.ID+")", "manager")
+		want := "uid=" + us[(i+1)%len(us)].UserName + "," + people
+		if len(e) != 1 || e[0].GetAttributeValue("manager") != want {
+			t.Fatalf("manager of %s = %v; want %s", u.UserName, e, want)
+		}
+	}
+}
