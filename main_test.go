@@ -123,11 +123,11 @@ func TestProvisionedUserAppearsOverLDAPS(t *testing.T) {
 		es[0].GetAttributeValue("entryUUID") != u["id"] {
 		t.Fatalf("entries = %v; want Joy with sn, custom1 and entryUUID", es)
 	}
-	scimDo(t, a, c, "PATCH", "/Users/"+u["id"].(string), `{"schemas":["urn:ietf:params:api:messages:2.0:PatchOp"],"Operations":[{"op":"Replace","path":"userName","value":"joy.young@contoso.com"}]}`)
+	scimDo(t, a, c, "PATCH", "/Users/"+u["id"].(string), `{"schemas":["urn:ietf:params:scim:api:messages:2.0:PatchOp"],"Operations":[{"op":"Replace","path":"userName","value":"joy.young@contoso.com"}]}`)
 	if es := search("(uid=joy.young@contoso.com)"); len(es) != 1 || es[0].DN != "uid=joy.young@contoso.com,ou=people,o=acme,dc=scimldap" {
 		t.Fatalf("after rename: %v", es)
 	}
-	scimDo(t, a, c, "PATCH", "/Users/"+u["id"].(string), `{"schemas":["urn:ietf:params:api:messages:2.0:PatchOp"],"Operations":[{"op":"Replace","path":"active","value":"False"}]}`)
+	scimDo(t, a, c, "PATCH", "/Users/"+u["id"].(string), `{"schemas":["urn:ietf:params:scim:api:messages:2.0:PatchOp"],"Operations":[{"op":"Replace","path":"active","value":"False"}]}`)
 	if es := search("(uid=*)"); len(es) != 0 {
 		t.Fatalf("disabled user still listed: %v", es)
 	}

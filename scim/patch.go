@@ -30,8 +30,6 @@ func (e *PatchError) Error() string {
 	return fmt.Sprintf("operation %d: %s", e.Index, e.Detail)
 }
 
-const schemaPatchOp = "urn:ietf:params:api:messages:2.0:PatchOp"
-
 // ParsePatch decodes a PatchOp request body. Key names match in any case
 // ("Operations", "Op"), op values too ("Replace").
 func ParsePatch(body []byte) ([]PatchOp, error) {

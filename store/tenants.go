@@ -13,6 +13,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 )
 
 // Tenant is one customer directory: its own users, groups, SCIM token and
@@ -186,7 +187,7 @@ func (s *Store) DeleteTenant(ctx context.Context, name string) error {
 	name = strings.ToLower(name)
 	err := s.update(ctx, func(tx *bolt.Tx) error {
 		err := tx.Bucket(bucketTenants).DeleteBucket([]byte(name))
-		if errors.Is(err, bolt.ErrBucketNotFound) {
+		if errors.Is(err, berrors.ErrBucketNotFound) {
 			return fmt.Errorf("tenant %q: %w", name, ErrNotFound)
 		}
 		return err
