@@ -391,6 +391,7 @@ func start(ctx context.Context, cfg *Config, stdout, stderr io.Writer) (_ *app, 
 	// LDAP and LDAPS.
 	lc := cfg.ldapConfig()
 	lc.Version = version
+	lc.ViewDir = filepath.Join(cfg.DataDir, "ldap-views")
 	a.ldap, err = ldap.New(st, lc, certs.Config(), log)
 	if err != nil {
 		return nil, err

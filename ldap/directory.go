@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
+	"runtime/debug"
 	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/scimldap/scimldap/mapping"
 	"github.com/scimldap/scimldap/store"
@@ -104,17 +106,18 @@ var indexed = []string{"uid", "cn", "sn", "mail", "telephoneNumber", "mobile", "
 
 // directory holds one view per tenant, loaded on first use.
 type directory struct {
-	base context.Context // cancelled when the server stops; view loads use it
-	st   *store.Store
-	opts func(tenant string) mapping.Options
-	log  *slog.Logger
+	base    context.Context // cancelled when the server stops; view loads use it
+	st      *store.Store
+	snapDir string // where view snapshots are kept; "" for none
+	opts    func(tenant string) mapping.Options
+	log     *slog.Logger
 
 	mu    sync.Mutex
 	views map[string]*view
 }
 
-func newDirectory(base context.Context, st *store.Store, opts func(string) mapping.Options, log *slog.Logger) *directory {
-	d := &directory{base: base, st: st, opts: opts, log: log, views: map[string]*view{}}
+func newDirectory(base context.Context, st *store.Store, snapDir string, opts func(string) mapping.Options, log *slog.Logger) *directory {
+	d := &directory{base: base, st: st, snapDir: snapDir, opts: opts, log: log, views: map[string]*view{}}
 	st.Watch(d.onChange)
 	return d
 }
@@ -136,8 +139,19 @@ func (d *directory) onChange(c store.Change) {
 // view returns tenant t's view, loading it if needed. Returns an error
 // wrapping store.ErrNotFound for an unknown tenant.
 func (d *directory) view(ctx context.Context, t string) (*view, error) {
+	v, err := d.startView(t)
+	if err != nil {
+		return nil, err
+	}
+	return d.waitView(ctx, v)
+}
+
+// startView returns tenant t's view, starting its load if it has none.
+// From then on the view records every change the store reports.
+func (d *directory) startView(t string) (*view, error) {
 	t = strings.ToLower(t)
 	d.mu.Lock()
+	defer d.mu.Unlock()
 	v := d.views[t]
 	if v == nil {
 		o := d.opts(t)
@@ -145,7 +159,6 @@ func (d *directory) view(ctx context.Context, t string) (*view, error) {
 		if o.ScopeFilter != "" {
 			f, err := ParseFilter(o.ScopeFilter)
 			if err != nil {
-				d.mu.Unlock()
 				return nil, fmt.Errorf("tenant %s scope_filter: %w", t, err)
 			}
 			v.scope = f
@@ -153,7 +166,12 @@ func (d *directory) view(ctx context.Context, t string) (*view, error) {
 		d.views[t] = v
 		go v.load(d.base, d) // not the caller's context: the view outlives the request
 	}
-	d.mu.Unlock()
+	return v, nil
+}
+
+// waitView waits for v to load and brings it up to date.
+func (d *directory) waitView(ctx context.Context, v *view) (*view, error) {
+	t := v.tenant
 	select {
 	case <-v.ready:
 	case <-ctx.Done():
@@ -181,9 +199,20 @@ func (d *directory) preload(ctx context.Context) {
 		d.log.Warn("preload of LDAP views failed", "err", err)
 		return
 	}
+	// Every view starts before any is waited for, so each follows the
+	// store from now on: a snapshot stays usable only until the first write.
+	var vs []*view
 	for _, t := range ts {
-		if _, err := d.view(ctx, t.Name); err != nil && ctx.Err() == nil {
+		v, err := d.startView(t.Name)
+		if err != nil {
 			d.log.Warn("preload of LDAP view failed", "tenant", t.Name, "err", err)
+			continue
+		}
+		vs = append(vs, v)
+	}
+	for _, v := range vs {
+		if _, err := d.waitView(ctx, v); err != nil && ctx.Err() == nil {
+			d.log.Warn("preload of LDAP view failed", "tenant", v.tenant, "err", err)
 		}
 	}
 }
@@ -283,7 +312,53 @@ func (v *view) load(ctx context.Context, d *directory) {
 		return
 	}
 	v.buildContainers()
-	err := d.st.ScanGroups(ctx, v.tenant, true, func(g *store.Group) error {
+	began := time.Now()
+	if v.loadSnapshot(ctx, d) {
+		err := v.loadGroups(ctx, d.st)
+		if err == nil {
+			for id := range v.groups {
+				v.buildGroupEntry(id)
+			}
+			d.log.Info("LDAP view loaded from snapshot", "tenant", v.tenant, "users", len(v.userList), "groups", len(v.groupList), "took", time.Since(began).Round(time.Millisecond))
+			return
+		}
+		v.loadErr = fmt.Errorf("load LDAP view of tenant %s: %w", v.tenant, err)
+		return
+	}
+	restore := relaxGC(fullLoadGCPercent)
+	err := v.loadGroups(ctx, d.st)
+	if err == nil {
+		// Group entries first (memberOf needs their DNs), member DNs after.
+		for id := range v.groups {
+			v.buildGroupEntry(id)
+		}
+		err = v.loadUsers(ctx, d.st)
+	}
+	if err != nil {
+		restore()
+		v.loadErr = fmt.Errorf("load LDAP view of tenant %s: %w", v.tenant, err)
+		return
+	}
+	// Member DNs need every user placed.
+	for id := range v.groups {
+		v.buildGroupEntry(id)
+	}
+	restore()
+	if err := d.st.ReleaseMemory(); err != nil {
+		d.log.Warn("could not release the database's mapped pages", "err", err)
+	}
+	debug.FreeOSMemory() // the decoding garbage, collected late, goes back now
+	d.log.Info("LDAP view loaded", "tenant", v.tenant, "users", len(v.userList), "groups", len(v.groupList), "took", time.Since(began).Round(time.Millisecond))
+}
+
+// fullLoadGCPercent is GOGC while a view is built from the store: every
+// user record decoded is garbage at once, so the collector cannot be off,
+// but at the usual percent it rescans the growing view many times.
+const fullLoadGCPercent = 300
+
+// loadGroups reads every group of the tenant with its members.
+func (v *view) loadGroups(ctx context.Context, st *store.Store) error {
+	return st.ScanGroups(ctx, v.tenant, true, func(g *store.Group) error {
 		gs := &groupState{g: *g}
 		for _, m := range g.Members {
 			gs.members = append(gs.members, m.ID)
@@ -293,25 +368,6 @@ func (v *view) load(ctx context.Context, d *directory) {
 		v.groups[g.ID] = gs
 		return nil
 	})
-	if err == nil {
-		// Group entries first (memberOf needs their DNs), member DNs after.
-		for id := range v.groups {
-			v.buildGroupEntry(id)
-		}
-		err = v.loadUsers(ctx, d.st)
-	}
-	if err != nil {
-		v.loadErr = fmt.Errorf("load LDAP view of tenant %s: %w", v.tenant, err)
-		return
-	}
-	// Member DNs need every user placed.
-	for id := range v.groups {
-		v.buildGroupEntry(id)
-	}
-	if err := d.st.ReleaseMemory(); err != nil {
-		d.log.Warn("could not release the database's mapped pages", "err", err)
-	}
-	d.log.Info("LDAP view loaded", "tenant", v.tenant, "users", len(v.userList), "groups", len(v.groupList))
 }
 
 func addRel(m map[string]map[string]struct{}, k, v string) {

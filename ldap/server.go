@@ -47,6 +47,9 @@ type Config struct {
 	Tenant func(name string) mapping.Options
 	// Version is reported as vendorVersion in the root DSE.
 	Version string
+	// ViewDir keeps each tenant's directory view at shutdown, so the next
+	// start need not rebuild it from the store; "" keeps none.
+	ViewDir string
 }
 
 // DefaultConfig returns the defaults documented in appliance.toml.
@@ -127,7 +130,7 @@ func New(st *store.Store, cfg Config, tlsCfg *stdtls.Config, log *slog.Logger) (
 		backendErr: make(chan error, 1),
 	}
 	s.base, s.cancel = context.WithCancel(context.Background())
-	s.dir = newDirectory(s.base, st, cfg.Tenant, log)
+	s.dir = newDirectory(s.base, st, cfg.ViewDir, cfg.Tenant, log)
 	if err := s.startBackend(); err != nil {
 		return nil, err
 	}
@@ -255,10 +258,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}()
 	select {
 	case <-done:
-		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("ldap: shutdown: %w", ctx.Err())
 	}
+	if err := s.dir.saveSnapshots(ctx); err != nil {
+		return fmt.Errorf("ldap: shutdown: %w", err)
+	}
+	return nil
 }
 
 // identity is what a connection is bound as.

@@ -26,6 +26,7 @@ type testServer struct {
 	st          *store.Store
 	plain, tlsA string
 	bindDN, pw  string
+	stopped     bool
 }
 
 // newTestServer starts the LDAP server on loopback with tenant "acme"
@@ -38,6 +39,17 @@ func newTestServer(t testing.TB, tune func(*Config), opts map[string]mapping.Con
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
+	pw := seedTenants(t, st)
+	ts := serveStore(t, st, dir, tune, opts, io.Discard)
+	ts.pw = pw
+	t.Cleanup(func() { ts.shutdown(t) })
+	return ts
+}
+
+// seedTenants creates tenants "acme" and "other" and acme's service
+// account "reader", returning its password.
+func seedTenants(t testing.TB, st *store.Store) string {
+	t.Helper()
 	ctx := context.Background()
 	for _, name := range []string{"acme", "other"} {
 		_, tok := store.NewSecret()
@@ -49,6 +61,12 @@ func newTestServer(t testing.TB, tune func(*Config), opts map[string]mapping.Con
 	if err := st.PutAccount(ctx, "acme", store.Account{Name: "reader", Password: hash}); err != nil {
 		t.Fatal(err)
 	}
+	return pw
+}
+
+// serveStore starts a server over st on loopback ports, logging to logs.
+func serveStore(t testing.TB, st *store.Store, dir string, tune func(*Config), opts map[string]mapping.Config, logs io.Writer) *testServer {
+	t.Helper()
 	certs, err := apptls.New(apptls.Config{Mode: apptls.ModeSelfSigned}, dir, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
@@ -66,11 +84,11 @@ func newTestServer(t testing.TB, tune func(*Config), opts map[string]mapping.Con
 	if tune != nil {
 		tune(&cfg)
 	}
-	srv, err := New(st, cfg, certs.Config(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	srv, err := New(st, cfg, certs.Config(), slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	if err != nil {
 		t.Fatal(err)
 	}
-	ts := &testServer{srv: srv, st: st, bindDN: "uid=reader,ou=admin,o=acme,dc=scimldap", pw: pw}
+	ts := &testServer{srv: srv, st: st, bindDN: "uid=reader,ou=admin,o=acme,dc=scimldap"}
 	for _, ldaps := range []bool{false, true} {
 		ln, err := srv.Listen("127.0.0.1:0", ldaps)
 		if err != nil {
@@ -83,12 +101,18 @@ func newTestServer(t testing.TB, tune func(*Config), opts map[string]mapping.Con
 			ts.plain = ln.Addr().String()
 		}
 	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-	})
 	return ts
+}
+
+// shutdown stops the server once; later calls do nothing.
+func (ts *testServer) shutdown(t testing.TB) error {
+	if ts.stopped {
+		return nil
+	}
+	ts.stopped = true
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return ts.srv.Shutdown(ctx)
 }
 
 func (ts *testServer) dial(t testing.TB) *goldap.Conn {

@@ -1,6 +1,7 @@
 package mapping
 
 import (
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -66,7 +67,13 @@ type Options struct {
 	rules        []attrRule
 	custom       []string
 	uidRule      *attrRule
+	fingerprint  string
 }
+
+// Fingerprint identifies the configuration o was compiled from: two
+// Options build the same entries from the same users exactly when their
+// fingerprints are equal (within one build of the appliance).
+func (o Options) Fingerprint() string { return o.fingerprint }
 
 type attrRule struct {
 	name    string
@@ -80,6 +87,12 @@ type getter func(u *store.User) []string
 // e.g. `attributes.mail: unknown SCIM attribute "emial"`.
 func NewOptions(cfg Config) (Options, error) {
 	o := Options{Suffix: cfg.Suffix, ShowDisabled: cfg.ShowDisabled, ScopeFilter: cfg.ScopeFilter, ADProfile: cfg.ADProfile}
+	canon, err := json.Marshal(cfg) // map keys come out sorted
+	if err != nil {
+		return o, fmt.Errorf("fingerprint: %w", err)
+	}
+	sum := sha256.Sum256(canon)
+	o.fingerprint = hex.EncodeToString(sum[:])
 	table := map[string]string{}
 	for k, v := range DefaultAttributes {
 		table[k] = v

@@ -12,6 +12,7 @@ import (
 // structural: every lookup starts from one tenant's bucket.
 //
 //	meta/                      schema_version → uint64 big-endian
+//	                           session → hex id, new at every open
 //	tenants/<tenant>/info      → tenant JSON
 //	                /accounts/ <name> → account JSON
 //	                /users/    <id> → user JSON
@@ -23,6 +24,7 @@ var (
 	bucketMeta     = []byte("meta")
 	bucketTenants  = []byte("tenants")
 	keySchema      = []byte("schema_version")
+	keySession     = []byte("session")
 	keyInfo        = []byte("info")
 	bucketAccounts = []byte("accounts")
 	bucketUsers    = []byte("users")

@@ -35,6 +35,7 @@ func validateGroup(g *Group) error {
 // CreateGroup stores g (with g.Members) as a new group of tenant t and
 // returns the stored record. Errors as for CreateUser.
 func (s *Store) CreateGroup(ctx context.Context, t string, g Group) (Group, error) {
+	defer s.writing()()
 	g.Members = dedupeMembers(g.Members)
 	if err := validateGroup(&g); err != nil {
 		return Group{}, fmt.Errorf("store: create group: %w", err)
@@ -188,6 +189,7 @@ func dedupeMembers(ms []Member) []Member {
 // and stores the result, writing only the membership changes. Semantics as
 // for UpdateUser.
 func (s *Store) UpdateGroup(ctx context.Context, t, id string, ifVersion uint64, fn func(*Group) error) (Group, error) {
+	defer s.writing()()
 	rules := s.rulesFor(t)
 	var out Group
 	err := s.update(ctx, func(tx *bolt.Tx) error {
@@ -241,6 +243,7 @@ func (s *Store) UpdateGroup(ctx context.Context, t, id string, ifVersion uint64,
 // DeleteGroup removes group id of tenant t, its member list and its own
 // memberships in other groups. Returns ErrNotFound if it does not exist.
 func (s *Store) DeleteGroup(ctx context.Context, t, id string) error {
+	defer s.writing()()
 	var parents []string
 	err := s.update(ctx, func(tx *bolt.Tx) error {
 		tb, err := tenantBucket(tx, t)

@@ -5,7 +5,7 @@
 // Every exported method takes a context, opens exactly one transaction and
 // composes unexported helpers that take *bbolt.Tx. Writes return only after
 // their transaction is committed and synced to disk; concurrent writers are
-// coalesced by bbolt's Batch so that one fsync serves many of them.
+// grouped into one transaction so that one fsync serves many of them.
 package store
 
 import (
@@ -81,6 +81,15 @@ type Store struct {
 	qmu        sync.Mutex
 	queue      []*pendingWrite
 	committing bool
+
+	// inflight is held shared by every write method from its start until
+	// its watchers have been told, and exclusively by Quiesce.
+	inflight sync.RWMutex
+	// openVersion is the database's version when Open found it; openedTx
+	// is the transaction Open committed, so "nothing written since" is
+	// a comparison of transaction ids.
+	openVersion string
+	openedTx    int
 }
 
 // pendingWrite is one writer waiting for the group commit.
@@ -114,11 +123,96 @@ func Open(path string, opts Options) (*Store, error) {
 		}
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
 	}
-	if err := migrate(db); err != nil {
+	s := &Store{db: db, now: opts.Now, rules: map[string]Rules{}}
+	if err := s.open(); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
 	}
-	return &Store{db: db, now: opts.Now, rules: map[string]Rules{}}, nil
+	return s, nil
+}
+
+// open reads the version the file was left at, migrates it and starts a
+// new session.
+func (s *Store) open() error {
+	err := s.db.View(func(tx *bolt.Tx) error {
+		s.openVersion = version(tx)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if err := migrate(s.db); err != nil {
+		return err
+	}
+	// A new session id makes every later version differ from any version
+	// this file (or a backup of it) had before, even at the same
+	// transaction id.
+	var sid [16]byte
+	rand.Read(sid[:])
+	return s.db.Update(func(tx *bolt.Tx) error {
+		s.openedTx = tx.ID()
+		return tx.Bucket(bucketMeta).Put(keySession, []byte(hex.EncodeToString(sid[:])))
+	})
+}
+
+// version names the committed state a transaction reads: the session that
+// wrote it and the id of the last write transaction.
+func version(tx *bolt.Tx) string {
+	var sid []byte
+	if m := tx.Bucket(bucketMeta); m != nil {
+		sid = m.Get(keySession)
+	}
+	if sid == nil {
+		return "" // a file from before sessions, or a new one
+	}
+	return fmt.Sprintf("%s/%d", sid, tx.ID())
+}
+
+// Version returns the database's current version: a string that changes
+// with every committed write and never repeats, so a cache derived from
+// the database can record the version it reflects.
+func (s *Store) Version(ctx context.Context) (string, error) {
+	var v string
+	err := s.view(ctx, func(tx *bolt.Tx) error {
+		v = version(tx)
+		return nil
+	})
+	if err != nil {
+		return "", fmt.Errorf("store: version: %w", err)
+	}
+	return v, nil
+}
+
+// OpenVersion returns the version the database had when this Store opened
+// it (before anything was written), and whether the database is still
+// unchanged since. A cache saved at that version is current exactly when
+// unchanged is true. The empty version matches no cache.
+func (s *Store) OpenVersion(ctx context.Context) (v string, unchanged bool, err error) {
+	err = s.view(ctx, func(tx *bolt.Tx) error {
+		unchanged = tx.ID() == s.openedTx
+		return nil
+	})
+	if err != nil {
+		return "", false, fmt.Errorf("store: open version: %w", err)
+	}
+	return s.openVersion, unchanged, nil
+}
+
+// Quiesce runs fn while no write is in flight: every write acknowledged
+// before it has told its watchers, and writes wait until fn returns. A
+// cache can then sync with the watchers' changes and record Version.
+func (s *Store) Quiesce(fn func() error) error {
+	s.inflight.Lock()
+	defer s.inflight.Unlock()
+	return fn()
+}
+
+// writing marks a write method in flight until the returned func runs;
+// methods call it first and defer the result, so it covers the commit and
+// the notification of watchers.
+func (s *Store) writing() func() {
+	s.inflight.RLock()
+	return s.inflight.RUnlock
 }
 
 // Close waits for open transactions and closes the file.

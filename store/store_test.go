@@ -351,3 +351,126 @@ func TestScanUsersConcurrently(t *testing.T) {
 		t.Fatalf("unknown tenant: %v", err)
 	}
 }
+
+// TestVersions checks what a cache of the store relies on: the version
+// changes with every write, survives a clean reopen as OpenVersion, and a
+// restored copy that is written to again never repeats a version.
+func TestVersions(t *testing.T) {
+	ctx := context.Background()
+	s, path := openTest(t)
+	mustVersion := func(s *Store) string {
+		t.Helper()
+		v, err := s.Version(ctx)
+		if err != nil || v == "" {
+			t.Fatalf("Version = %q, %v", v, err)
+		}
+		return v
+	}
+	v1 := mustVersion(s)
+	if _, unchanged, _ := s.OpenVersion(ctx); unchanged {
+		t.Fatal("OpenVersion says unchanged after a tenant was created")
+	}
+	if _, err := s.CreateUser(ctx, "acme", User{UserName: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	v2 := mustVersion(s)
+	if v2 == v1 {
+		t.Fatal("a write did not change the version")
+	}
+	backup := filepath.Join(t.TempDir(), "copy.db")
+	f, err := os.Create(backup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Backup(ctx, f); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	s.Close()
+
+	reopen := func(path string) *Store {
+		t.Helper()
+		s, err := Open(path, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	s = reopen(path)
+	open, unchanged, err := s.OpenVersion(ctx)
+	if err != nil || open != v2 || !unchanged {
+		t.Fatalf("OpenVersion = %q, %v, %v; want %q, true", open, unchanged, err, v2)
+	}
+	if mustVersion(s) == v2 {
+		t.Fatal("a new session kept the old version")
+	}
+	if _, err := s.CreateUser(ctx, "acme", User{UserName: "b"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, unchanged, _ := s.OpenVersion(ctx); unchanged {
+		t.Fatal("OpenVersion says unchanged after a write")
+	}
+	v3 := mustVersion(s)
+	s.Close()
+
+	// The copy starts where the original was at v2; written to, it must
+	// not arrive at any version the original had.
+	c := reopen(backup)
+	if open, _, _ := c.OpenVersion(ctx); open != v2 {
+		t.Fatalf("copy opened at %q; want %q", open, v2)
+	}
+	if _, err := c.CreateUser(ctx, "acme", User{UserName: "c"}); err != nil {
+		t.Fatal(err)
+	}
+	if v := mustVersion(c); v == v3 || v == v2 {
+		t.Fatalf("copy reached version %q of the original", v)
+	}
+}
+
+// TestQuiesceWaitsForWritesAndTheirWatchers checks that inside Quiesce
+// every acknowledged write has been reported and no write commits.
+func TestQuiesceWaitsForWritesAndTheirWatchers(t *testing.T) {
+	ctx := context.Background()
+	s, _ := openTest(t)
+	var mu sync.Mutex
+	seen := 0
+	s.Watch(func(Change) { mu.Lock(); seen++; mu.Unlock() })
+	var wg sync.WaitGroup
+	var acked sync.Map
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			for j := 0; j < 20; j++ {
+				u, err := s.CreateUser(ctx, "acme", User{UserName: strconv.Itoa(i) + "-" + strconv.Itoa(j)})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				acked.Store(u.ID, true)
+			}
+		}(i)
+	}
+	for k := 0; k < 10; k++ {
+		err := s.Quiesce(func() error {
+			v1, _ := s.Version(ctx)
+			n := 0
+			acked.Range(func(any, any) bool { n++; return true })
+			mu.Lock()
+			reported := seen
+			mu.Unlock()
+			if reported < n {
+				t.Errorf("inside Quiesce: %d writes acknowledged, %d reported", n, reported)
+			}
+			if v2, _ := s.Version(ctx); v1 != v2 {
+				t.Errorf("a write committed inside Quiesce")
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	wg.Wait()
+}

@@ -97,6 +97,7 @@ func ValidateAccountName(name string) error {
 // CreateTenant creates tenant name (stored lower case) with the given token
 // hash. It returns ErrConflict if a tenant of that name, in any case, exists.
 func (s *Store) CreateTenant(ctx context.Context, name string, token Secret) (Tenant, error) {
+	defer s.writing()()
 	if err := ValidateTenantName(name); err != nil {
 		return Tenant{}, fmt.Errorf("store: create tenant: %w", err)
 	}
@@ -184,6 +185,7 @@ func (s *Store) Tenants(ctx context.Context) ([]Tenant, error) {
 // DeleteTenant removes tenant name and everything it holds.
 // Returns ErrNotFound if it does not exist.
 func (s *Store) DeleteTenant(ctx context.Context, name string) error {
+	defer s.writing()()
 	name = strings.ToLower(name)
 	err := s.update(ctx, func(tx *bolt.Tx) error {
 		err := tx.Bucket(bucketTenants).DeleteBucket([]byte(name))
@@ -203,6 +205,7 @@ func (s *Store) DeleteTenant(ctx context.Context, name string) error {
 // SetTenantToken replaces tenant name's SCIM token hash; the old token stops
 // working when this returns. Returns ErrNotFound if the tenant does not exist.
 func (s *Store) SetTenantToken(ctx context.Context, name string, token Secret) error {
+	defer s.writing()()
 	name = strings.ToLower(name)
 	err := s.update(ctx, func(tx *bolt.Tx) error {
 		b, err := tenantBucket(tx, name)
@@ -226,6 +229,7 @@ func (s *Store) SetTenantToken(ctx context.Context, name string, token Secret) e
 // PutAccount creates or replaces service account a of tenant t.
 // Returns ErrNotFound if the tenant does not exist.
 func (s *Store) PutAccount(ctx context.Context, t string, a Account) error {
+	defer s.writing()()
 	if err := ValidateAccountName(a.Name); err != nil {
 		return fmt.Errorf("store: put account: %w", err)
 	}
@@ -305,6 +309,7 @@ func (s *Store) Accounts(ctx context.Context, t string) ([]Account, error) {
 // DeleteAccount removes service account name of tenant t.
 // Returns ErrNotFound if either does not exist.
 func (s *Store) DeleteAccount(ctx context.Context, t, name string) error {
+	defer s.writing()()
 	t, name = strings.ToLower(t), strings.ToLower(name)
 	err := s.update(ctx, func(tx *bolt.Tx) error {
 		b, err := tenantBucket(tx, t)

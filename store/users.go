@@ -24,6 +24,7 @@ func validateUser(u *User) error {
 // a unique attribute is taken, ErrInvalid for an unusable record and
 // ErrNotFound if the tenant does not exist.
 func (s *Store) CreateUser(ctx context.Context, t string, u User) (User, error) {
+	defer s.writing()()
 	if err := validateUser(&u); err != nil {
 		return User{}, fmt.Errorf("store: create user: %w", err)
 	}
@@ -90,6 +91,7 @@ func getUser(tb *bolt.Bucket, id string, u *User) error {
 // checks that the record is still the one fn saw and writes; if another
 // writer got there first, fn runs again on the new state.
 func (s *Store) UpdateUser(ctx context.Context, t, id string, ifVersion uint64, fn func(*User) error) (User, error) {
+	defer s.writing()()
 	rules := s.rulesFor(t)
 	for {
 		var before []byte
@@ -163,6 +165,7 @@ var errChanged = errors.New("record changed concurrently")
 // DeleteUser removes user id of tenant t and its group memberships.
 // Returns ErrNotFound if it does not exist.
 func (s *Store) DeleteUser(ctx context.Context, t, id string) error {
+	defer s.writing()()
 	var groups []string
 	err := s.update(ctx, func(tx *bolt.Tx) error {
 		tb, err := tenantBucket(tx, t)
