@@ -109,6 +109,7 @@ type directory struct {
 	base    context.Context // cancelled when the server stops; view loads use it
 	st      *store.Store
 	snapDir string // where view snapshots are kept; "" for none
+	saveMu  sync.Mutex
 	opts    func(tenant string) mapping.Options
 	log     *slog.Logger
 
@@ -251,6 +252,8 @@ type view struct {
 
 	pmu     sync.Mutex
 	pending map[store.Change]struct{}
+
+	savedVersion atomic.Value // string: the store version of the view's snapshot on disk
 
 	tenantDN, peopleDN, groupsDN, adminDN string // normalised
 }

@@ -47,9 +47,11 @@ type Config struct {
 	Tenant func(name string) mapping.Options
 	// Version is reported as vendorVersion in the root DSE.
 	Version string
-	// ViewDir keeps each tenant's directory view at shutdown, so the next
-	// start need not rebuild it from the store; "" keeps none.
-	ViewDir string
+	// ViewDir keeps each tenant's directory view, saved at shutdown and
+	// once writes have paused for ViewSaveQuiet, so the next start need
+	// not rebuild it from the store; "" keeps none.
+	ViewDir       string
+	ViewSaveQuiet time.Duration // 0 means one minute
 }
 
 // DefaultConfig returns the defaults documented in appliance.toml.
@@ -131,6 +133,13 @@ func New(st *store.Store, cfg Config, tlsCfg *stdtls.Config, log *slog.Logger) (
 	}
 	s.base, s.cancel = context.WithCancel(context.Background())
 	s.dir = newDirectory(s.base, st, cfg.ViewDir, cfg.Tenant, log)
+	if cfg.ViewDir != "" {
+		quiet := cfg.ViewSaveQuiet
+		if quiet <= 0 {
+			quiet = time.Minute
+		}
+		go s.dir.saveWhenQuiet(s.base, quiet)
+	}
 	if err := s.startBackend(); err != nil {
 		return nil, err
 	}

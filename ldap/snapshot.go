@@ -17,6 +17,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 	"unsafe"
 )
 
@@ -105,22 +106,28 @@ func (w *snapWriter) flush() {
 	w.buf = w.buf[:0]
 }
 
-// saveSnapshot writes v's users to dir, atomically replacing an earlier
-// snapshot. The caller holds the store quiescent, so key.storeVersion is
-// what v reflects.
-func (v *view) saveSnapshot(ctx context.Context, dir string, key snapKey) (err error) {
+// capture copies the state of v's users, in the order a snapshot keeps
+// them: visible users in key order, so a load needs no sort, hidden ones
+// after. Entries never change once placed, so the copy can be written
+// after the view and the store move on.
+func (v *view) capture() []userState {
 	v.mu.RLock()
 	defer v.mu.RUnlock()
-	// Visible users in key order, so a load needs no sort; hidden ones after.
-	users := make([]*userState, 0, len(v.users))
+	users := make([]userState, 0, len(v.users))
 	for _, e := range v.userList {
-		users = append(users, v.users[e.key[1:]])
+		users = append(users, *v.users[e.key[1:]])
 	}
 	for _, us := range v.users {
 		if !us.visible {
-			users = append(users, us)
+			users = append(users, *us)
 		}
 	}
+	return users
+}
+
+// writeSnapshot writes users (from capture) to dir, atomically replacing
+// an earlier snapshot. key.storeVersion is the version they reflect.
+func writeSnapshot(ctx context.Context, dir string, key snapKey, users []userState) (err error) {
 	attrIdx := map[*attrType]uint64{}
 	var names []string
 	var nRefs, nVals uint64
@@ -158,7 +165,8 @@ func (v *view) saveSnapshot(ctx context.Context, dir string, key snapKey) (err e
 	w.uvarint(uint64(len(users)))
 	w.uvarint(nRefs)
 	w.uvarint(nVals)
-	for _, us := range users {
+	for i := range users {
+		us := &users[i]
 		e := us.e
 		w.str(e.key)
 		w.str(us.manager)
@@ -416,32 +424,50 @@ func (v *view) placeSnapshot(su *snapUsers) {
 	wg.Wait()
 }
 
-// saveSnapshots writes the snapshot of every loaded view and removes those
-// of tenants that no longer exist. It runs at shutdown, with the store
-// quiescent so that each snapshot records exactly the version it reflects.
+// saveSnapshots writes the snapshot of every loaded view whose saved
+// snapshot is not at the store's current version, and removes those of
+// tenants that no longer exist. The views are brought up to date and
+// copied while the store is quiescent, so each snapshot records exactly
+// the version it reflects; the files are written after writes resume.
 func (d *directory) saveSnapshots(ctx context.Context) error {
 	if d.snapDir == "" || executableHash() == "" {
 		return nil
+	}
+	d.saveMu.Lock()
+	defer d.saveMu.Unlock()
+	defer d.removeStaleSnapshots(ctx)
+	cur, err := d.st.Version(ctx)
+	if err != nil || cur == "" {
+		return err
 	}
 	d.mu.Lock()
 	var views []*view
 	for _, v := range d.views {
 		select {
 		case <-v.ready:
-			if v.loadErr == nil {
+			if v.loadErr == nil && v.savedVersion.Load() != cur {
 				views = append(views, v)
 			}
 		default: // still loading: nothing to save
 		}
 	}
 	d.mu.Unlock()
+	if len(views) == 0 {
+		return nil
+	}
 	if err := os.MkdirAll(d.snapDir, 0o700); err != nil {
 		return fmt.Errorf("save LDAP views: %w", err)
 	}
+	type job struct {
+		v     *view
+		users []userState
+	}
+	var jobs []job
 	var errs []error
-	err := d.st.Quiesce(func() error {
-		ver, err := d.st.Version(ctx)
-		if err != nil || ver == "" {
+	var ver string
+	err = d.st.Quiesce(func() error {
+		var err error
+		if ver, err = d.st.Version(ctx); err != nil {
 			return err
 		}
 		for _, v := range views {
@@ -449,18 +475,55 @@ func (d *directory) saveSnapshots(ctx context.Context) error {
 				errs = append(errs, fmt.Errorf("save LDAP view of %s: %w", v.tenant, err))
 				continue
 			}
-			key := snapKey{tenant: v.tenant, storeVersion: ver, options: v.opts.Fingerprint(), binary: executableHash()}
-			if err := v.saveSnapshot(ctx, d.snapDir, key); err != nil {
-				errs = append(errs, err)
-			}
+			jobs = append(jobs, job{v, v.capture()})
 		}
 		return nil
 	})
 	if err != nil {
-		errs = append(errs, err)
+		return fmt.Errorf("save LDAP views: %w", err)
 	}
-	d.removeStaleSnapshots(ctx)
+	for _, j := range jobs {
+		began := time.Now()
+		key := snapKey{tenant: j.v.tenant, storeVersion: ver, options: j.v.opts.Fingerprint(), binary: executableHash()}
+		if err := writeSnapshot(ctx, d.snapDir, key, j.users); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		j.v.savedVersion.Store(ver)
+		d.log.Info("LDAP view saved", "tenant", j.v.tenant, "users", len(j.users), "took", time.Since(began).Round(time.Millisecond))
+	}
 	return errors.Join(errs...)
+}
+
+// saveWhenQuiet saves the views once the store has seen no write for
+// quiet, so that a start after a crash finds them current too. It polls
+// every quiet/4 until ctx ends.
+func (d *directory) saveWhenQuiet(ctx context.Context, quiet time.Duration) {
+	tick := time.NewTicker(max(quiet/4, 10*time.Millisecond))
+	defer tick.Stop()
+	var seen string
+	var since time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		ver, err := d.st.Version(ctx)
+		if err != nil {
+			continue
+		}
+		if ver != seen {
+			seen, since = ver, time.Now()
+			continue
+		}
+		if time.Since(since) < quiet {
+			continue
+		}
+		if err := d.saveSnapshots(ctx); err != nil && ctx.Err() == nil {
+			d.log.Warn("saving LDAP views failed", "err", err)
+		}
+	}
 }
 
 // removeStaleSnapshots deletes snapshots of removed tenants and
@@ -501,6 +564,7 @@ func (v *view) loadSnapshot(ctx context.Context, d *directory) bool {
 	if su == nil {
 		return false
 	}
+	v.savedVersion.Store(ver)
 	resume := relaxGC(-1)
 	v.placeSnapshot(su)
 	resume()

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	goldap "github.com/go-ldap/ldap/v3"
 
@@ -319,4 +320,83 @@ func FuzzReadSnapshot(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestViewSavedWhenQuiet checks that a view is saved once writes pause,
+// so that a start after a crash (no shutdown, no save) still loads it,
+// and that starts without writes keep the saved view current.
+func TestViewSavedWhenQuiet(t *testing.T) {
+	dir := t.TempDir()
+	dbPath := filepath.Join(dir, "db")
+	views := filepath.Join(dir, "views")
+	open := func() *store.Store {
+		st, err := store.Open(dbPath, store.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	st := open()
+	pw := seedTenants(t, st)
+	ctx := context.Background()
+	for i := 0; i < 20; i++ {
+		if _, err := st.CreateUser(ctx, "acme", store.User{UserName: fmt.Sprintf("u%02d", i), Active: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tune := func(c *Config) { c.ViewDir, c.ViewSaveQuiet = views, 40*time.Millisecond }
+	// crash abandons the running server without a shutdown, as kill -9
+	// would, and starts a new one on the reopened store.
+	var ts *testServer
+	var logs *lockedBuffer
+	start := func() {
+		logs = &lockedBuffer{}
+		ts = serveStore(t, st, dir, tune, nil, logs)
+		ts.pw = pw
+		old := ts
+		t.Cleanup(func() { old.shutdown(t) })
+	}
+	crash := func() {
+		ts.srv.cancel() // stops its background saving, as a dead process would
+		st.Close()
+		st = open()
+		start()
+	}
+	t.Cleanup(func() { st.Close() })
+	waitFor := func(what string) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for !strings.Contains(logs.String(), what) {
+			if time.Now().After(deadline) {
+				t.Fatalf("no %q in the log:\n%s", what, logs)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+
+	start()
+	l := ts.bound(t)
+	search(t, l, people, goldap.ScopeSingleLevel, "(uid=u01)")
+	if _, err := st.CreateUser(ctx, "acme", store.User{UserName: "late", Active: true}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("LDAP view saved")
+
+	crash()
+	l = ts.bound(t)
+	if e := search(t, l, people, goldap.ScopeSingleLevel, "(uid=late)"); len(e) != 1 {
+		t.Fatalf("user written before the save: %v", e)
+	}
+	waitFor("LDAP view loaded from snapshot")
+
+	// No write since: the saved view stays current across another crash,
+	// and nothing is written again.
+	time.Sleep(200 * time.Millisecond)
+	if strings.Contains(logs.String(), "LDAP view saved") {
+		t.Fatalf("an unchanged view was saved again:\n%s", logs)
+	}
+	crash()
+	l = ts.bound(t)
+	search(t, l, people, goldap.ScopeSingleLevel, "(uid=late)")
+	waitFor("LDAP view loaded from snapshot")
 }

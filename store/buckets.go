@@ -12,7 +12,7 @@ import (
 // structural: every lookup starts from one tenant's bucket.
 //
 //	meta/                      schema_version → uint64 big-endian
-//	                           session → hex id, new at every open
+//	                           session → hex id, new with the first write after each open
 //	tenants/<tenant>/info      → tenant JSON
 //	                /accounts/ <name> → account JSON
 //	                /users/    <id> → user JSON
@@ -51,6 +51,17 @@ var migrations = []func(*bolt.Tx) error{
 var SchemaVersion = uint64(len(migrations))
 
 func migrate(db *bolt.DB) error {
+	// A current file is only read: opening it writes nothing, so its
+	// version (see Store.Version) survives a restart.
+	current := false
+	err := db.View(func(tx *bolt.Tx) error {
+		v, err := schemaVersion(tx.Bucket(bucketMeta))
+		current = v == SchemaVersion
+		return err
+	})
+	if err != nil || current {
+		return err
+	}
 	for {
 		done := false
 		err := db.Update(func(tx *bolt.Tx) error {
@@ -58,15 +69,9 @@ func migrate(db *bolt.DB) error {
 			if err != nil {
 				return err
 			}
-			var v uint64
-			if b := meta.Get(keySchema); b != nil {
-				if len(b) != 8 {
-					return fmt.Errorf("schema version record is %d bytes, want 8: the file is not a scimldap database or is damaged", len(b))
-				}
-				v = binary.BigEndian.Uint64(b)
-			}
-			if v > SchemaVersion {
-				return fmt.Errorf("database schema version %d is newer than this binary's %d: run the newer scimldap or restore a backup", v, SchemaVersion)
+			v, err := schemaVersion(meta)
+			if err != nil {
+				return err
 			}
 			if v == SchemaVersion {
 				done = true
@@ -84,6 +89,24 @@ func migrate(db *bolt.DB) error {
 			return nil
 		}
 	}
+}
+
+// schemaVersion reads the layout version from the meta bucket (nil: a new
+// file, version 0) and refuses a version newer than this binary's.
+func schemaVersion(meta *bolt.Bucket) (uint64, error) {
+	var v uint64
+	if meta != nil {
+		if b := meta.Get(keySchema); b != nil {
+			if len(b) != 8 {
+				return 0, fmt.Errorf("schema version record is %d bytes, want 8: the file is not a scimldap database or is damaged", len(b))
+			}
+			v = binary.BigEndian.Uint64(b)
+		}
+	}
+	if v > SchemaVersion {
+		return v, fmt.Errorf("database schema version %d is newer than this binary's %d: run the newer scimldap or restore a backup", v, SchemaVersion)
+	}
+	return v, nil
 }
 
 // tenantBucket returns the bucket of tenant t (any case), or ErrNotFound.

@@ -90,6 +90,10 @@ type Store struct {
 	// a comparison of transaction ids.
 	openVersion string
 	openedTx    int
+	// session is set once this process's first commit has written a new
+	// session id: from then on every version differs from any this file
+	// (or a backup of it) had before, even at the same transaction id.
+	session bool
 }
 
 // pendingWrite is one writer waiting for the group commit.
@@ -131,27 +135,15 @@ func Open(path string, opts Options) (*Store, error) {
 	return s, nil
 }
 
-// open reads the version the file was left at, migrates it and starts a
-// new session.
+// open reads the version the file was left at and migrates it.
 func (s *Store) open() error {
-	err := s.db.View(func(tx *bolt.Tx) error {
-		s.openVersion = version(tx)
-		return nil
-	})
-	if err != nil {
-		return err
-	}
 	if err := migrate(s.db); err != nil {
 		return err
 	}
-	// A new session id makes every later version differ from any version
-	// this file (or a backup of it) had before, even at the same
-	// transaction id.
-	var sid [16]byte
-	rand.Read(sid[:])
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.db.View(func(tx *bolt.Tx) error {
+		s.openVersion = version(tx)
 		s.openedTx = tx.ID()
-		return tx.Bucket(bucketMeta).Put(keySession, []byte(hex.EncodeToString(sid[:])))
+		return nil
 	})
 }
 
@@ -308,6 +300,13 @@ func (s *Store) commitGroup(group []*pendingWrite) {
 	for len(group) > 0 {
 		failed, ferr := -1, error(nil)
 		err := s.db.Update(func(tx *bolt.Tx) error {
+			if !s.session {
+				var sid [16]byte
+				rand.Read(sid[:])
+				if err := tx.Bucket(bucketMeta).Put(keySession, []byte(hex.EncodeToString(sid[:]))); err != nil {
+					return err
+				}
+			}
 			for i, w := range group {
 				if err := safeRun(w.fn, tx); err != nil {
 					failed, ferr = i, err
@@ -317,6 +316,7 @@ func (s *Store) commitGroup(group []*pendingWrite) {
 			return nil
 		})
 		if err == nil {
+			s.session = true // only the committer goroutine reads or sets it
 			for _, w := range group {
 				w.done <- nil
 			}

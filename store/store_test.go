@@ -402,8 +402,13 @@ func TestVersions(t *testing.T) {
 	if err != nil || open != v2 || !unchanged {
 		t.Fatalf("OpenVersion = %q, %v, %v; want %q, true", open, unchanged, err, v2)
 	}
-	if mustVersion(s) == v2 {
-		t.Fatal("a new session kept the old version")
+	if v := mustVersion(s); v != v2 {
+		t.Fatalf("opening changed the version from %q to %q", v2, v)
+	}
+	s.Close()
+	s = reopen(path) // a second open without writes: still the same
+	if open, unchanged, _ := s.OpenVersion(ctx); open != v2 || !unchanged {
+		t.Fatalf("OpenVersion after two opens = %q, %v; want %q, true", open, unchanged, v2)
 	}
 	if _, err := s.CreateUser(ctx, "acme", User{UserName: "b"}); err != nil {
 		t.Fatal(err)
