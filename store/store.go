@@ -18,6 +18,7 @@ import (
 	"io"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -90,6 +91,8 @@ type Store struct {
 	// a comparison of transaction ids.
 	openVersion string
 	openedTx    int
+	// stats count the group commits; only the committer writes them.
+	commits, writes, busy atomic.Int64
 	// session is set once this process's first commit has written a new
 	// session id: from then on every version differs from any this file
 	// (or a backup of it) had before, even at the same transaction id.
@@ -297,7 +300,11 @@ func (s *Store) commitLoop() {
 // (it failed against the state its predecessors left, as if run alone
 // after them) and the others are run again without it.
 func (s *Store) commitGroup(group []*pendingWrite) {
+	began := time.Now()
+	defer func() { s.busy.Add(int64(time.Since(began))) }()
 	for len(group) > 0 {
+		s.commits.Add(1)
+		s.writes.Add(int64(len(group)))
 		failed, ferr := -1, error(nil)
 		err := s.db.Update(func(tx *bolt.Tx) error {
 			if !s.session {
@@ -331,6 +338,23 @@ func (s *Store) commitGroup(group []*pendingWrite) {
 		group[failed].done <- ferr
 		group = append(group[:failed:failed], group[failed+1:]...)
 	}
+}
+
+// CommitStats describes the group commits since Open: how many writes
+// each transaction carried, how long the committer was busy, and how many
+// pages the transactions wrote. Benchmarks report them to show where
+// durable writes spend their time.
+type CommitStats struct {
+	Commits int64         // write transactions, retries after a failed writer included
+	Writes  int64         // writer functions they ran
+	Busy    time.Duration // time inside commits: running writers, writing pages, syncing
+	Pages   int64         // pages allocated by write transactions
+}
+
+// CommitStats returns the counts since Open.
+func (s *Store) CommitStats() CommitStats {
+	db := s.db.Stats()
+	return CommitStats{Commits: s.commits.Load(), Writes: s.writes.Load(), Busy: time.Duration(s.busy.Load()), Pages: db.TxStats.GetPageCount()}
 }
 
 // safeRun turns a panic in a write function into an error for that writer
