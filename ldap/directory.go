@@ -331,7 +331,6 @@ func (v *view) load(ctx context.Context, d *directory) {
 		v.loadErr = fmt.Errorf("load LDAP view of tenant %s: %w", v.tenant, err)
 		return
 	}
-	restore := relaxGC(fullLoadGCPercent)
 	err := v.loadGroups(ctx, d.st)
 	if err == nil {
 		// Group entries first (memberOf needs their DNs), member DNs after.
@@ -341,7 +340,6 @@ func (v *view) load(ctx context.Context, d *directory) {
 		err = v.loadUsers(ctx, d.st)
 	}
 	if err != nil {
-		restore()
 		v.loadErr = fmt.Errorf("load LDAP view of tenant %s: %w", v.tenant, err)
 		return
 	}
@@ -349,18 +347,12 @@ func (v *view) load(ctx context.Context, d *directory) {
 	for id := range v.groups {
 		v.buildGroupEntry(id)
 	}
-	restore()
 	if err := d.st.ReleaseMemory(); err != nil {
 		d.log.Warn("could not release the database's mapped pages", "err", err)
 	}
 	debug.FreeOSMemory() // the decoding garbage, collected late, goes back now
 	d.log.Info("LDAP view loaded", "tenant", v.tenant, "users", len(v.userList), "groups", len(v.groupList), "took", time.Since(began).Round(time.Millisecond))
 }
-
-// fullLoadGCPercent is GOGC while a view is built from the store: every
-// user record decoded is garbage at once, so the collector cannot be off,
-// but at the usual percent it rescans the growing view many times.
-const fullLoadGCPercent = 300
 
 // loadGroups reads every group of the tenant with its members.
 func (v *view) loadGroups(ctx context.Context, st *store.Store) error {

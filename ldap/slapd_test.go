@@ -49,7 +49,28 @@ func requireTool(t testing.TB, name string) string {
 var slapdAttrs = map[string]bool{"objectclass": true, "uid": true, "cn": true, "sn": true, "givenname": true, "displayname": true, "mail": true,
 	"telephonenumber": true, "mobile": true, "facsimiletelephonenumber": true, "preferredlanguage": true, "departmentnumber": true, "street": true,
 	"l": true, "st": true, "postalcode": true, "title": true, "employeenumber": true, "o": true, "ou": true, "description": true, "manager": true,
-	"member": true}
+	"member": true, "department": true, "enabled": true, "memberof": true,
+	"custom1": true, "custom2": true, "custom3": true, "custom4": true, "custom5": true,
+	"custom6": true, "custom7": true, "custom8": true, "custom9": true, "custom10": true}
+
+// extraSchema defines for slapd the attributes scimldap serves by default
+// that OpenLDAP's standard schemas lack, so that both servers hold the
+// same entries. slapadd runs without schema checking, as no standard
+// object class allows them.
+func extraSchema() string {
+	var b strings.Builder
+	def := func(i int, name, rule string) {
+		fmt.Fprintf(&b, "attributetype ( 1.3.6.1.4.1.99999.9.%d NAME '%s' %s )\n", i, name, rule)
+	}
+	str := "EQUALITY caseIgnoreMatch SUBSTR caseIgnoreSubstringsMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.15"
+	def(1, "department", str)
+	def(2, "enabled", "EQUALITY booleanMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.7 SINGLE-VALUE")
+	def(3, "memberOf", "EQUALITY distinguishedNameMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.12")
+	for i := 1; i <= 10; i++ {
+		def(10+i, fmt.Sprintf("custom%d", i), str)
+	}
+	return b.String()
+}
 
 type slapd struct {
 	addr   string
@@ -67,9 +88,12 @@ func startSlapd(t testing.TB, ldif []byte) *slapd {
 	slapadd := requireTool(t, "slapadd")
 	dir := t.TempDir()
 	os.MkdirAll(filepath.Join(dir, "db"), 0o700)
+	extra := filepath.Join(dir, "scimldap.schema")
+	os.WriteFile(extra, []byte(extraSchema()), 0o600)
 	conf := fmt.Sprintf(`include /etc/ldap/schema/core.schema
 include /etc/ldap/schema/cosine.schema
 include /etc/ldap/schema/inetorgperson.schema
+include %[1]s/scimldap.schema
 pidfile %[1]s/slapd.pid
 argsfile %[1]s/slapd.args
 modulepath /usr/lib/ldap
@@ -90,7 +114,7 @@ limits * size=unlimited time=unlimited
 	os.WriteFile(confPath, []byte(conf), 0o600)
 	ldifPath := filepath.Join(dir, "data.ldif")
 	os.WriteFile(ldifPath, ldif, 0o600)
-	if out, err := exec.Command(slapadd, "-q", "-f", confPath, "-l", ldifPath).CombinedOutput(); err != nil {
+	if out, err := exec.Command(slapadd, "-q", "-s", "-f", confPath, "-l", ldifPath).CombinedOutput(); err != nil {
 		t.Fatalf("slapadd: %v\n%s", err, out)
 	}
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
@@ -223,6 +247,7 @@ var differentialFilters = []string{
 	"(mail=*@acme.test)", "(mail=MARIO*)", "(telephoneNumber=+39 06 0000042)", "(telephoneNumber=+39060000042)", "(telephoneNumber=*0000042)",
 	"(|(telephoneNumber=+39060000042)(mobile=+39060000042))", "(mobile=+393330000042)", "(mobile=*)", "(!(mobile=*))", "(title=*)",
 	"(&(departmentNumber=Sales)(l=NYC))", "(!(departmentNumber=Temp))", "(|(departmentNumber=Sales)(departmentNumber=Marketing))",
+	"(&(department=Sales)(l=NYC))", "(!(department=Temp))", "(department=r&*)", "(enabled=TRUE)", "(!(enabled=FALSE))",
 	"(&(objectClass=inetOrgPerson)(!(title=Engineer)))", "(employeeNumber=100042)", "(employeeNumber=10004*)", "(&)", "(|)",
 	"(|(IMHandle=foo*)(sn=Greco))", "(&(IMHandle=foo*)(sn=Greco))", "(!(IMHandle=x))", "(|(o=foo*)(cn=foo*)(ou=foo*)(sn=foo*)(mail=foo*)(givenname=foo*)(telephoneNumber=foo*))",
 	"(ou:dn:=people)", "(sn:caseExactMatch:=Rossi)", "(sn:caseExactMatch:=rossi)", "(cn:2.5.13.2:=mario rossi 0)",
@@ -244,6 +269,12 @@ func TestDifferentialAgainstSlapd(t *testing.T) {
 		b := normDNs(t, theirs, f)
 		if strings.Join(a, "\n") != strings.Join(b, "\n") {
 			t.Errorf("filter %s: scimldap %d entries, slapd %d\nonly scimldap: %v\nonly slapd: %v", f, len(a), len(b), diff(a, b), diff(b, a))
+		}
+	}
+	// The attributes slapd learns from extraSchema really reached it.
+	for _, f := range []string{"(department=Sales)", "(enabled=TRUE)"} {
+		if len(normDNs(t, theirs, f)) == 0 {
+			t.Errorf("slapd has no entry for %s", f)
 		}
 	}
 }

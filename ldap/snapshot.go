@@ -578,10 +578,13 @@ var gcRelaxed struct {
 }
 
 // relaxGC sets the collector's GOGC percent (-1: off) until the returned
-// func runs. Loading a view builds a large heap of entries that all stay
-// alive; at the configured percent the collector would scan that growing
-// heap again and again. Overlapping callers keep the first caller's
-// setting, and the configured percent comes back when the last is done.
+// func runs. Placing a saved view builds a large heap of entries that all
+// stay alive while making little garbage (map growth, normalised keys);
+// at the configured percent the collector would scan that growing heap
+// again and again. (A rebuild from the store keeps the configured percent:
+// every decoded record is garbage at once, and the peak would grow with
+// it.) Overlapping callers keep the first caller's setting, and the
+// configured percent comes back when the last is done.
 func relaxGC(percent int) (restore func()) {
 	gcRelaxed.Lock()
 	if gcRelaxed.n == 0 {
