@@ -319,8 +319,11 @@ func (v *view) load(ctx context.Context, d *directory) {
 	if v.loadSnapshot(ctx, d) {
 		err := v.loadGroups(ctx, d.st)
 		if err == nil {
-			for id := range v.groups {
-				v.buildGroupEntry(id)
+			// Twice: a nested group's DN exists once every group is built.
+			for range 2 {
+				for id := range v.groups {
+					v.buildGroupEntry(id)
+				}
 			}
 			d.log.Info("LDAP view loaded from snapshot", "tenant", v.tenant, "users", len(v.userList), "groups", len(v.groupList), "took", time.Since(began).Round(time.Millisecond))
 			// Placing ran with the collector off; collect and return the
@@ -652,8 +655,12 @@ func (v *view) applyGroup(ctx context.Context, st *store.Store, id string) error
 			if err := v.applyUser(ctx, st, m, false); err != nil {
 				return err
 			}
-		} else if gs := v.groups[m]; gs != nil && renamed {
-			v.buildGroupEntry(m) // a nested group's memberOf is not served; its entry stays
+		}
+	}
+	if renamed {
+		// Groups that list this one as a member show its DN.
+		for pid := range v.memberOf[id] {
+			v.buildGroupEntry(pid)
 		}
 	}
 	return nil

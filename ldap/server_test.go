@@ -787,3 +787,45 @@ func TestManagersAfterLoad(t *testing.T) {
 		}
 	}
 }
+
+// TestNestedGroupRename checks that renaming or deleting a group that is
+// a member of another group updates the parent's member DNs at once.
+func TestNestedGroupRename(t *testing.T) {
+	ts := newTestServer(t, nil, nil)
+	us := ts.addUsers(t, "acme", 2, nil)
+	ctx := context.Background()
+	sales, err := ts.st.CreateGroup(ctx, "acme", store.Group{DisplayName: "Sales", Members: []store.Member{{ID: us[0].ID}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ts.st.CreateGroup(ctx, "acme", store.Group{DisplayName: "All", Members: []store.Member{{ID: sales.ID}, {ID: us[1].ID}}}); err != nil {
+		t.Fatal(err)
+	}
+	l := ts.bound(t)
+	groups := "ou=groups,o=acme,dc=scimldap"
+	members := func() []string {
+		e := search(t, l, groups, goldap.ScopeSingleLevel, "(cn=All)", "member")
+		if len(e) != 1 {
+			t.Fatalf("group All: %v", e)
+		}
+		return e[0].GetAttributeValues("member")
+	}
+	if m := members(); !contains(m, "cn=Sales,"+groups) {
+		t.Fatalf("members of All: %v", m)
+	}
+	if _, err := ts.st.UpdateGroup(ctx, "acme", sales.ID, 0, func(g *store.Group) error { g.DisplayName = "Field Sales"; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if m := members(); !contains(m, "cn=Field Sales,"+groups) || contains(m, "cn=Sales,"+groups) {
+		t.Fatalf("members of All after renaming Sales: %v", m)
+	}
+	if e := search(t, l, people, goldap.ScopeSingleLevel, "(uid="+us[0].UserName+")", "memberOf"); len(e) != 1 || e[0].GetAttributeValue("memberOf") != "cn=Field Sales,"+groups {
+		t.Fatalf("memberOf after the rename: %v", e)
+	}
+	if err := ts.st.DeleteGroup(ctx, "acme", sales.ID); err != nil {
+		t.Fatal(err)
+	}
+	if m := members(); len(m) != 1 || contains(m, "cn=Field Sales,"+groups) {
+		t.Fatalf("members of All after deleting Sales: %v", m)
+	}
+}

@@ -26,8 +26,9 @@ import (
 // and mapping every stored user again. A snapshot is used only when it
 // certainly equals what a full load would build:
 //
-//   - the store is at the version the snapshot recorded and nothing has
-//     been written since this process opened it (store.OpenVersion);
+//   - the tenant's users and groups are at the version the snapshot
+//     recorded (store.TenantVersion), read after the view began to follow
+//     the store's changes, so nothing is missed in between;
 //   - the tenant's mapping options have the same fingerprint;
 //   - the same executable wrote it (entry building may change between
 //     builds).
@@ -425,7 +426,7 @@ func (v *view) placeSnapshot(su *snapUsers) {
 }
 
 // saveSnapshots writes the snapshot of every loaded view whose saved
-// snapshot is not at the store's current version, and removes those of
+// snapshot is not at its tenant's current version, and removes those of
 // tenants that no longer exist. The views are brought up to date and
 // copied while the store is quiescent, so each snapshot records exactly
 // the version it reflects; the files are written after writes resume.
@@ -436,22 +437,24 @@ func (d *directory) saveSnapshots(ctx context.Context) error {
 	d.saveMu.Lock()
 	defer d.saveMu.Unlock()
 	defer d.removeStaleSnapshots(ctx)
-	cur, err := d.st.Version(ctx)
-	if err != nil || cur == "" {
-		return err
-	}
 	d.mu.Lock()
-	var views []*view
+	var loaded []*view
 	for _, v := range d.views {
 		select {
 		case <-v.ready:
-			if v.loadErr == nil && v.savedVersion.Load() != cur {
-				views = append(views, v)
+			if v.loadErr == nil {
+				loaded = append(loaded, v)
 			}
 		default: // still loading: nothing to save
 		}
 	}
 	d.mu.Unlock()
+	var views []*view
+	for _, v := range loaded {
+		if ver, err := d.st.TenantVersion(ctx, v.tenant); err == nil && ver != "" && v.savedVersion.Load() != ver {
+			views = append(views, v)
+		}
+	}
 	if len(views) == 0 {
 		return nil
 	}
@@ -460,22 +463,22 @@ func (d *directory) saveSnapshots(ctx context.Context) error {
 	}
 	type job struct {
 		v     *view
+		ver   string
 		users []userState
 	}
 	var jobs []job
 	var errs []error
-	var ver string
-	err = d.st.Quiesce(func() error {
-		var err error
-		if ver, err = d.st.Version(ctx); err != nil {
-			return err
-		}
+	err := d.st.Quiesce(func() error {
 		for _, v := range views {
-			if err := v.sync(ctx, d.st); err != nil {
+			ver, err := d.st.TenantVersion(ctx, v.tenant)
+			if err == nil {
+				err = v.sync(ctx, d.st)
+			}
+			if err != nil {
 				errs = append(errs, fmt.Errorf("save LDAP view of %s: %w", v.tenant, err))
 				continue
 			}
-			jobs = append(jobs, job{v, v.capture()})
+			jobs = append(jobs, job{v, ver, v.capture()})
 		}
 		return nil
 	})
@@ -484,12 +487,12 @@ func (d *directory) saveSnapshots(ctx context.Context) error {
 	}
 	for _, j := range jobs {
 		began := time.Now()
-		key := snapKey{tenant: j.v.tenant, storeVersion: ver, options: j.v.opts.Fingerprint(), binary: executableHash()}
+		key := snapKey{tenant: j.v.tenant, storeVersion: j.ver, options: j.v.opts.Fingerprint(), binary: executableHash()}
 		if err := writeSnapshot(ctx, d.snapDir, key, j.users); err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		j.v.savedVersion.Store(ver)
+		j.v.savedVersion.Store(j.ver)
 		d.log.Info("LDAP view saved", "tenant", j.v.tenant, "users", len(j.users), "took", time.Since(began).Round(time.Millisecond))
 	}
 	return errors.Join(errs...)
@@ -551,8 +554,8 @@ func (v *view) loadSnapshot(ctx context.Context, d *directory) bool {
 	if d.snapDir == "" {
 		return false
 	}
-	ver, unchanged, err := d.st.OpenVersion(ctx)
-	if err != nil || !unchanged || ver == "" || executableHash() == "" {
+	ver, err := d.st.TenantVersion(ctx, v.tenant)
+	if err != nil || ver == "" || executableHash() == "" {
 		return false
 	}
 	key := snapKey{tenant: v.tenant, storeVersion: ver, options: v.opts.Fingerprint(), binary: executableHash()}

@@ -142,9 +142,9 @@ func TestViewSnapshot(t *testing.T) {
 
 	// restartFromSnapshot restarts and checks that the server loaded its
 	// saved view and serves the tree it served before.
-	restartFromSnapshot := func(t *testing.T) {
+	restartFromSnapshotAfter := func(t *testing.T, edit func(*store.Store)) {
 		t.Helper()
-		restart(opts, nil)
+		restart(opts, edit)
 		got := dumpTree(t, ts)
 		if !fromSnapshot() {
 			t.Fatalf("snapshot not used; log:\n%s", logs)
@@ -153,6 +153,7 @@ func TestViewSnapshot(t *testing.T) {
 			t.Fatalf("tree after restart differs:\n%s", d)
 		}
 	}
+	restartFromSnapshot := func(t *testing.T) { t.Helper(); restartFromSnapshotAfter(t, nil) }
 
 	t.Run("restart uses the snapshot and serves the same tree", func(t *testing.T) {
 		restartFromSnapshot(t)
@@ -182,6 +183,21 @@ func TestViewSnapshot(t *testing.T) {
 	})
 
 	t.Run("the changed tree is saved at the next shutdown", restartFromSnapshot)
+
+	t.Run("writes to another tenant, a token or an account keep the snapshot", func(t *testing.T) {
+		restartFromSnapshotAfter(t, func(st *store.Store) {
+			if _, err := st.CreateUser(ctx, "other", store.User{UserName: "elsewhere", Active: true}); err != nil {
+				t.Fatal(err)
+			}
+			_, tok := store.NewSecret()
+			if err := st.SetTenantToken(ctx, "acme", tok); err != nil {
+				t.Fatal(err)
+			}
+			if err := st.PutAccount(ctx, "acme", store.Account{Name: "second", Password: tok}); err != nil {
+				t.Fatal(err)
+			}
+		})
+	})
 
 	t.Run("a write while the server is down makes it rebuild", func(t *testing.T) {
 		restart(opts, func(st *store.Store) {

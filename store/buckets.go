@@ -12,8 +12,8 @@ import (
 // structural: every lookup starts from one tenant's bucket.
 //
 //	meta/                      schema_version → uint64 big-endian
-//	                           session → hex id, new with the first write after each open
 //	tenants/<tenant>/info      → tenant JSON
+//	                /stamp     → version of the last write to users or groups
 //	                /accounts/ <name> → account JSON
 //	                /users/    <id> → user JSON
 //	                /groups/   <id> → group JSON
@@ -24,7 +24,7 @@ var (
 	bucketMeta     = []byte("meta")
 	bucketTenants  = []byte("tenants")
 	keySchema      = []byte("schema_version")
-	keySession     = []byte("session")
+	keyStamp       = []byte("stamp")
 	keyInfo        = []byte("info")
 	bucketAccounts = []byte("accounts")
 	bucketUsers    = []byte("users")

@@ -54,6 +54,9 @@ func (s *Store) CreateGroup(ctx context.Context, t string, g Group) (Group, erro
 		if err != nil {
 			return err
 		}
+		if err := s.stamp(tx, tb); err != nil {
+			return err
+		}
 		if err := indexGroup(tb, &g, nil, rules); err != nil {
 			return err
 		}
@@ -197,6 +200,9 @@ func (s *Store) UpdateGroup(ctx context.Context, t, id string, ifVersion uint64,
 		if err != nil {
 			return err
 		}
+		if err := s.stamp(tx, tb); err != nil {
+			return err
+		}
 		var old, g Group
 		if err := getGroup(tb, id, true, &old); err != nil {
 			return err
@@ -248,6 +254,9 @@ func (s *Store) DeleteGroup(ctx context.Context, t, id string) error {
 	err := s.update(ctx, func(tx *bolt.Tx) error {
 		tb, err := tenantBucket(tx, t)
 		if err != nil {
+			return err
+		}
+		if err := s.stamp(tx, tb); err != nil {
 			return err
 		}
 		var g Group

@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -86,17 +87,11 @@ type Store struct {
 	// inflight is held shared by every write method from its start until
 	// its watchers have been told, and exclusively by Quiesce.
 	inflight sync.RWMutex
-	// openVersion is the database's version when Open found it; openedTx
-	// is the transaction Open committed, so "nothing written since" is
-	// a comparison of transaction ids.
-	openVersion string
-	openedTx    int
+	// session is random per Open; with a transaction id it makes a stamp
+	// no other process, and no other copy of the file, ever writes.
+	session string
 	// stats count the group commits; only the committer writes them.
 	commits, writes, busy atomic.Int64
-	// session is set once this process's first commit has written a new
-	// session id: from then on every version differs from any this file
-	// (or a backup of it) had before, even at the same transaction id.
-	session bool
 }
 
 // pendingWrite is one writer waiting for the group commit.
@@ -138,38 +133,26 @@ func Open(path string, opts Options) (*Store, error) {
 	return s, nil
 }
 
-// open reads the version the file was left at and migrates it.
+// open migrates the file and starts a session.
 func (s *Store) open() error {
-	if err := migrate(s.db); err != nil {
-		return err
-	}
-	return s.db.View(func(tx *bolt.Tx) error {
-		s.openVersion = version(tx)
-		s.openedTx = tx.ID()
-		return nil
-	})
+	var sid [12]byte
+	rand.Read(sid[:])
+	s.session = hex.EncodeToString(sid[:])
+	return migrate(s.db)
 }
 
-// version names the committed state a transaction reads: the session that
-// wrote it and the id of the last write transaction.
-func version(tx *bolt.Tx) string {
-	var sid []byte
-	if m := tx.Bucket(bucketMeta); m != nil {
-		sid = m.Get(keySession)
-	}
-	if sid == nil {
-		return "" // a file from before sessions, or a new one
-	}
-	return fmt.Sprintf("%s/%d", sid, tx.ID())
+// stamp records in tenant bucket tb that this transaction changes the
+// tenant's users or groups. Every write method that does calls it.
+func (s *Store) stamp(tx *bolt.Tx, tb *bolt.Bucket) error {
+	return tb.Put(keyStamp, []byte(s.session+"/"+strconv.Itoa(tx.ID())))
 }
 
-// Version returns the database's current version: a string that changes
-// with every committed write and never repeats, so a cache derived from
-// the database can record the version it reflects.
+// Version returns a string that changes with every committed write, for
+// noticing that the store is idle.
 func (s *Store) Version(ctx context.Context) (string, error) {
 	var v string
 	err := s.view(ctx, func(tx *bolt.Tx) error {
-		v = version(tx)
+		v = strconv.Itoa(tx.ID())
 		return nil
 	})
 	if err != nil {
@@ -178,24 +161,31 @@ func (s *Store) Version(ctx context.Context) (string, error) {
 	return v, nil
 }
 
-// OpenVersion returns the version the database had when this Store opened
-// it (before anything was written), and whether the database is still
-// unchanged since. A cache saved at that version is current exactly when
-// unchanged is true. The empty version matches no cache.
-func (s *Store) OpenVersion(ctx context.Context) (v string, unchanged bool, err error) {
-	err = s.view(ctx, func(tx *bolt.Tx) error {
-		unchanged = tx.ID() == s.openedTx
+// TenantVersion returns the version of tenant t's users and groups: it
+// changes with every write to them, and never repeats, even in a restored
+// copy of the database that is written to again. A cache of the tenant
+// (the LDAP view) records it to know later whether it is still current.
+// Writes to the tenant's token or service accounts leave it alone. It is
+// "" for a tenant never written to by this version of the appliance.
+func (s *Store) TenantVersion(ctx context.Context, t string) (string, error) {
+	var v string
+	err := s.view(ctx, func(tx *bolt.Tx) error {
+		tb, err := tenantBucket(tx, t)
+		if err != nil {
+			return err
+		}
+		v = string(tb.Get(keyStamp))
 		return nil
 	})
 	if err != nil {
-		return "", false, fmt.Errorf("store: open version: %w", err)
+		return "", fmt.Errorf("store: tenant version: %w", err)
 	}
-	return s.openVersion, unchanged, nil
+	return v, nil
 }
 
 // Quiesce runs fn while no write is in flight: every write acknowledged
 // before it has told its watchers, and writes wait until fn returns. A
-// cache can then sync with the watchers' changes and record Version.
+// cache can then sync with the watchers' changes and record TenantVersion.
 func (s *Store) Quiesce(fn func() error) error {
 	s.inflight.Lock()
 	defer s.inflight.Unlock()
@@ -307,13 +297,6 @@ func (s *Store) commitGroup(group []*pendingWrite) {
 		s.writes.Add(int64(len(group)))
 		failed, ferr := -1, error(nil)
 		err := s.db.Update(func(tx *bolt.Tx) error {
-			if !s.session {
-				var sid [16]byte
-				rand.Read(sid[:])
-				if err := tx.Bucket(bucketMeta).Put(keySession, []byte(hex.EncodeToString(sid[:]))); err != nil {
-					return err
-				}
-			}
 			for i, w := range group {
 				if err := safeRun(w.fn, tx); err != nil {
 					failed, ferr = i, err
@@ -323,7 +306,6 @@ func (s *Store) commitGroup(group []*pendingWrite) {
 			return nil
 		})
 		if err == nil {
-			s.session = true // only the committer goroutine reads or sets it
 			for _, w := range group {
 				w.done <- nil
 			}

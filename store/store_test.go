@@ -352,31 +352,77 @@ func TestScanUsersConcurrently(t *testing.T) {
 	}
 }
 
-// TestVersions checks what a cache of the store relies on: the version
-// changes with every write, survives a clean reopen as OpenVersion, and a
-// restored copy that is written to again never repeats a version.
-func TestVersions(t *testing.T) {
+// TestTenantVersions checks what a cache of a tenant relies on: the
+// tenant's version changes with every write to its users and groups and
+// with nothing else, survives a reopen, and a restored copy that is
+// written to again never repeats a version.
+func TestTenantVersions(t *testing.T) {
 	ctx := context.Background()
 	s, path := openTest(t)
-	mustVersion := func(s *Store) string {
+	_, tok := NewSecret()
+	if _, err := s.CreateTenant(ctx, "other", tok); err != nil {
+		t.Fatal(err)
+	}
+	ver := func(s *Store, tenant string) string {
 		t.Helper()
-		v, err := s.Version(ctx)
+		v, err := s.TenantVersion(ctx, tenant)
 		if err != nil || v == "" {
-			t.Fatalf("Version = %q, %v", v, err)
+			t.Fatalf("TenantVersion(%s) = %q, %v", tenant, v, err)
 		}
 		return v
 	}
-	v1 := mustVersion(s)
-	if _, unchanged, _ := s.OpenVersion(ctx); unchanged {
-		t.Fatal("OpenVersion says unchanged after a tenant was created")
+	seen := map[string]bool{}
+	fresh := func(s *Store, tenant, after string) string {
+		t.Helper()
+		v := ver(s, tenant)
+		if seen[v] {
+			t.Fatalf("%s: version %q repeated %s", tenant, v, after)
+		}
+		seen[v] = true
+		return v
 	}
-	if _, err := s.CreateUser(ctx, "acme", User{UserName: "a"}); err != nil {
+	fresh(s, "acme", "at creation")
+	other := fresh(s, "other", "at creation")
+	u, err := s.CreateUser(ctx, "acme", User{UserName: "a"})
+	if err != nil {
 		t.Fatal(err)
 	}
-	v2 := mustVersion(s)
-	if v2 == v1 {
-		t.Fatal("a write did not change the version")
+	fresh(s, "acme", "after a create")
+	if _, err := s.UpdateUser(ctx, "acme", u.ID, 0, func(u *User) error { u.Title = "x"; return nil }); err != nil {
+		t.Fatal(err)
 	}
+	fresh(s, "acme", "after an update")
+	g, err := s.CreateGroup(ctx, "acme", Group{DisplayName: "g", Members: []Member{{ID: u.ID}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fresh(s, "acme", "after a group create")
+	if _, err := s.UpdateGroup(ctx, "acme", g.ID, 0, func(g *Group) error { g.Members = nil; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	fresh(s, "acme", "after a group update")
+	if err := s.DeleteGroup(ctx, "acme", g.ID); err != nil {
+		t.Fatal(err)
+	}
+	acme := fresh(s, "acme", "after a group delete")
+	if ver(s, "other") != other {
+		t.Fatal("writes to acme changed other's version")
+	}
+	// Token and service accounts are not part of the directory's data.
+	_, tok = NewSecret()
+	if err := s.SetTenantToken(ctx, "acme", tok); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutAccount(ctx, "acme", Account{Name: "reader", Password: tok}); err != nil {
+		t.Fatal(err)
+	}
+	if ver(s, "acme") != acme {
+		t.Fatal("a token or account write changed the tenant's version")
+	}
+	if _, err := s.TenantVersion(ctx, "nobody"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("TenantVersion of an unknown tenant: %v", err)
+	}
+
 	backup := filepath.Join(t.TempDir(), "copy.db")
 	f, err := os.Create(backup)
 	if err != nil {
@@ -387,7 +433,6 @@ func TestVersions(t *testing.T) {
 	}
 	f.Close()
 	s.Close()
-
 	reopen := func(path string) *Store {
 		t.Helper()
 		s, err := Open(path, Options{})
@@ -398,39 +443,25 @@ func TestVersions(t *testing.T) {
 		return s
 	}
 	s = reopen(path)
-	open, unchanged, err := s.OpenVersion(ctx)
-	if err != nil || open != v2 || !unchanged {
-		t.Fatalf("OpenVersion = %q, %v, %v; want %q, true", open, unchanged, err, v2)
+	if ver(s, "acme") != acme {
+		t.Fatal("reopening changed the version")
 	}
-	if v := mustVersion(s); v != v2 {
-		t.Fatalf("opening changed the version from %q to %q", v2, v)
-	}
-	s.Close()
-	s = reopen(path) // a second open without writes: still the same
-	if open, unchanged, _ := s.OpenVersion(ctx); open != v2 || !unchanged {
-		t.Fatalf("OpenVersion after two opens = %q, %v; want %q, true", open, unchanged, v2)
-	}
-	if _, err := s.CreateUser(ctx, "acme", User{UserName: "b"}); err != nil {
+	if err := s.DeleteUser(ctx, "acme", u.ID); err != nil {
 		t.Fatal(err)
 	}
-	if _, unchanged, _ := s.OpenVersion(ctx); unchanged {
-		t.Fatal("OpenVersion says unchanged after a write")
-	}
-	v3 := mustVersion(s)
+	fresh(s, "acme", "after a delete in a new session")
 	s.Close()
 
-	// The copy starts where the original was at v2; written to, it must
-	// not arrive at any version the original had.
+	// The copy is where the original was; written to, it must not arrive
+	// at any version the original had.
 	c := reopen(backup)
-	if open, _, _ := c.OpenVersion(ctx); open != v2 {
-		t.Fatalf("copy opened at %q; want %q", open, v2)
+	if ver(c, "acme") != acme {
+		t.Fatal("the copy does not start at the original's version")
 	}
-	if _, err := c.CreateUser(ctx, "acme", User{UserName: "c"}); err != nil {
+	if err := c.DeleteUser(ctx, "acme", u.ID); err != nil {
 		t.Fatal(err)
 	}
-	if v := mustVersion(c); v == v3 || v == v2 {
-		t.Fatalf("copy reached version %q of the original", v)
-	}
+	fresh(c, "acme", "in a written copy")
 }
 
 // TestQuiesceWaitsForWritesAndTheirWatchers checks that inside Quiesce

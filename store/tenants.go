@@ -116,6 +116,9 @@ func (s *Store) CreateTenant(ctx context.Context, name string, token Secret) (Te
 				return err
 			}
 		}
+		if err := s.stamp(tx, b); err != nil {
+			return err
+		}
 		return putJSON(b, keyInfo, t)
 	})
 	s.forgetTenants()

@@ -41,6 +41,9 @@ func (s *Store) CreateUser(ctx context.Context, t string, u User) (User, error) 
 		if err != nil {
 			return err
 		}
+		if err := s.stamp(tx, tb); err != nil {
+			return err
+		}
 		if err := indexUser(tb, &u, nil, rules); err != nil {
 			return err
 		}
@@ -136,6 +139,9 @@ func (s *Store) UpdateUser(ctx context.Context, t, id string, ifVersion uint64, 
 			if err != nil {
 				return err
 			}
+			if err := s.stamp(tx, tb); err != nil {
+				return err
+			}
 			cur := tb.Bucket(bucketUsers).Get([]byte(id))
 			if cur == nil {
 				return fmt.Errorf("user %q: %w", id, ErrNotFound)
@@ -170,6 +176,9 @@ func (s *Store) DeleteUser(ctx context.Context, t, id string) error {
 	err := s.update(ctx, func(tx *bolt.Tx) error {
 		tb, err := tenantBucket(tx, t)
 		if err != nil {
+			return err
+		}
+		if err := s.stamp(tx, tb); err != nil {
 			return err
 		}
 		var u User
