@@ -34,6 +34,7 @@ func FuzzGuardMessages(f *testing.F) {
 		}
 		c.SetDeadline(time.Now().Add(200 * time.Millisecond))
 		c.Write(b)
+		c.(*net.TCPConn).CloseWrite() // end of input: the server answers what it read and closes
 		r := bufio.NewReader(c)
 		for {
 			if _, err := readFrame(r, 1<<24); err != nil {

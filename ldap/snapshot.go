@@ -21,10 +21,11 @@ import (
 	"unsafe"
 )
 
-// A view snapshot is a tenant's user entries as built, written when the
-// server shuts down, so that the next start serves LDAP without decoding
-// and mapping every stored user again. A snapshot is used only when it
-// certainly equals what a full load would build:
+// A view snapshot is a tenant's user entries as built, written at
+// shutdown and once writes pause (saveWhenQuiet), so that the next start,
+// even after a crash, serves LDAP without decoding and mapping every
+// stored user again. A snapshot is used only when it certainly equals what
+// a full load would build:
 //
 //   - the tenant's users and groups are at the version the snapshot
 //     recorded (store.TenantVersion), read after the view began to follow
@@ -297,6 +298,12 @@ func readSnapshot(path string, key snapKey) (*snapUsers, error) {
 	if err != nil {
 		return nil, err
 	}
+	return decodeSnapshot(data, key)
+}
+
+// decodeSnapshot decodes a whole snapshot file's bytes if they match key,
+// returning (nil, nil) when they do not. The strings it returns share data.
+func decodeSnapshot(data []byte, key snapKey) (*snapUsers, error) {
 	if len(data) < len(snapMagic)+4 || string(data[:len(snapMagic)]) != snapMagic {
 		return nil, errSnapDamaged
 	}
