@@ -182,6 +182,14 @@ func TestBenchAgainstSlapd(t *testing.T) {
 			_, err := l.Search(goldap.NewSearchRequest(base, goldap.ScopeWholeSubtree, 0, 50, 0, false, fmt.Sprintf("(|(cn=*%s*)(sn=*%s*))", q, q), []string{"cn", "telephoneNumber", "mobile"}, nil))
 			return okOrSizeLimit(err)
 		}},
+		{"(b2) phone-book query for a name nobody has", "ops/s", func(l *goldap.Conn, r *rand.Rand) error {
+			q := []string{"zhou", "kowalsk", "nakamura", "dubois", "okafor", "lindqvist"}[r.Intn(6)]
+			res, err := l.Search(goldap.NewSearchRequest(base, goldap.ScopeWholeSubtree, 0, 50, 0, false, fmt.Sprintf("(|(cn=*%s*)(sn=*%s*))", q, q), []string{"cn", "telephoneNumber", "mobile"}, nil))
+			if err == nil && len(res.Entries) != 0 {
+				err = fmt.Errorf("%q found %d entries", q, len(res.Entries))
+			}
+			return err
+		}},
 		{"(c) incoming-call number lookup", "ops/s", func(l *goldap.Conn, r *rand.Rand) error {
 			i := r.Intn(n)
 			num := fmt.Sprintf("+39 06 %07d", i)

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
-	"runtime/debug"
 	"sort"
 	"strings"
 	"sync"
@@ -156,7 +155,7 @@ func (d *directory) startView(t string) (*view, error) {
 	v := d.views[t]
 	if v == nil {
 		o := d.opts(t)
-		v = &view{tenant: t, opts: o, ready: make(chan struct{}), pending: map[store.Change]struct{}{}}
+		v = &view{tenant: t, opts: o, ready: make(chan struct{}), subReady: make(chan struct{}), pending: map[store.Change]struct{}{}}
 		if o.ScopeFilter != "" {
 			f, err := ParseFilter(o.ScopeFilter)
 			if err != nil {
@@ -255,6 +254,14 @@ type view struct {
 
 	savedVersion atomic.Value // string: the store version of the view's snapshot on disk
 
+	// Substring indexes, built in the background once the view has loaded
+	// (see buildSubIndexes); nil until then. Guarded by mu.
+	sub         map[*attrType]*subIndex
+	subBuilding bool
+	subLog      []subOp
+	subScratch  []uint32
+	subReady    chan struct{} // closed once sub is in place
+
 	tenantDN, peopleDN, groupsDN, adminDN string // normalised
 }
 
@@ -326,9 +333,7 @@ func (v *view) load(ctx context.Context, d *directory) {
 				}
 			}
 			d.log.Info("LDAP view loaded from snapshot", "tenant", v.tenant, "users", len(v.userList), "groups", len(v.groupList), "took", time.Since(began).Round(time.Millisecond))
-			// Placing ran with the collector off; collect and return the
-			// garbage while the view already serves.
-			go debug.FreeOSMemory()
+			go v.buildSubIndexes(ctx)
 			return
 		}
 		v.loadErr = fmt.Errorf("load LDAP view of tenant %s: %w", v.tenant, err)
@@ -353,7 +358,7 @@ func (v *view) load(ctx context.Context, d *directory) {
 	if err := d.st.ReleaseMemory(); err != nil {
 		d.log.Warn("could not release the database's mapped pages", "err", err)
 	}
-	debug.FreeOSMemory() // the decoding garbage, collected late, goes back now
+	go v.buildSubIndexes(ctx)
 	d.log.Info("LDAP view loaded", "tenant", v.tenant, "users", len(v.userList), "groups", len(v.groupList), "took", time.Since(began).Round(time.Millisecond))
 }
 
@@ -531,6 +536,7 @@ func (v *view) place(e *entry, visible bool) {
 			}
 		}
 	}
+	v.subPlace(e, true)
 }
 
 func (v *view) unplace(e *entry, visible bool) {
@@ -552,6 +558,7 @@ func (v *view) unplace(e *entry, visible bool) {
 			}
 		}
 	}
+	v.subPlace(e, false)
 }
 
 func insertSorted(l []*entry, e *entry) []*entry {

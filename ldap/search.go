@@ -38,9 +38,9 @@ func (v *view) exists(ndn string) bool {
 	return ok
 }
 
-// plan returns candidate entries for f from the equality indexes, sorted by
-// key, or ok=false when the filter needs a scan. Candidates are still
-// checked against the whole filter.
+// plan returns candidate entries for f from the equality and substring
+// indexes, in no particular order, or ok=false when the filter needs a
+// scan. Candidates are still checked against the whole filter.
 func (v *view) plan(f *lfilter) ([]*entry, bool) {
 	switch f.kind {
 	case fEqual:
@@ -52,6 +52,14 @@ func (v *view) plan(f *lfilter) ([]*entry, bool) {
 			return nil, false
 		}
 		return idx.lookup(f.nval), true
+	case fSubstr:
+		if f.t == nil || !f.t.substr {
+			return nil, true // Undefined everywhere: nothing matches
+		}
+		if x := v.sub[f.t]; x != nil {
+			return x.candidates(f)
+		}
+		return nil, false
 	case fAnd:
 		var best []*entry
 		found := false
