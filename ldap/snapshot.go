@@ -475,6 +475,7 @@ func (d *directory) saveSnapshots(ctx context.Context) error {
 	}
 	var jobs []job
 	var errs []error
+	paused := time.Now()
 	err := d.st.Quiesce(func() error {
 		for _, v := range views {
 			ver, err := d.st.TenantVersion(ctx, v.tenant)
@@ -492,6 +493,7 @@ func (d *directory) saveSnapshots(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("save LDAP views: %w", err)
 	}
+	d.log.Debug("LDAP views copied for saving", "views", len(jobs), "writes paused", time.Since(paused).Round(time.Microsecond))
 	for _, j := range jobs {
 		began := time.Now()
 		key := snapKey{tenant: j.v.tenant, storeVersion: j.ver, options: j.v.opts.Fingerprint(), binary: executableHash()}
