@@ -108,7 +108,7 @@ func DefaultConfig() Config {
 		DataDir:   "./data",
 		LogLevel:  "info",
 		LogFormat: "text",
-		GCPercent: 50,
+		GCPercent: 40,
 		SCIM: SCIMConfig{
 			Addr:           ":8443",
 			MaxBodyBytes:   sc.MaxBodyBytes,
