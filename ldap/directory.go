@@ -529,14 +529,7 @@ func (v *view) place(e *entry, visible bool) {
 	} else {
 		v.groupList = insertSorted(v.groupList, e)
 	}
-	for i := range e.refs {
-		if idx := v.eq[e.refs[i].t]; idx != nil {
-			for _, val := range e.view(i).vals {
-				idx.add(e.refs[i].t.normalize(val), e)
-			}
-		}
-	}
-	v.subPlace(e, true)
+	v.indexEntry(e, true)
 }
 
 func (v *view) unplace(e *entry, visible bool) {
@@ -551,14 +544,27 @@ func (v *view) unplace(e *entry, visible bool) {
 	} else {
 		v.groupList = removeSorted(v.groupList, e)
 	}
+	v.indexEntry(e, false)
+}
+
+// indexEntry adds e to (or removes it from) the equality and substring
+// indexes.
+func (v *view) indexEntry(e *entry, add bool) {
 	for i := range e.refs {
-		if idx := v.eq[e.refs[i].t]; idx != nil {
-			for _, val := range e.view(i).vals {
-				idx.remove(e.refs[i].t.normalize(val), e)
+		t := e.refs[i].t
+		idx := v.eq[t]
+		if idx == nil {
+			continue
+		}
+		for _, val := range e.view(i).vals {
+			if add {
+				idx.add(t.normalize(val), e)
+			} else {
+				idx.remove(t.normalize(val), e)
 			}
 		}
 	}
-	v.subPlace(e, false)
+	v.subPlace(e, add)
 }
 
 func insertSorted(l []*entry, e *entry) []*entry {

@@ -577,39 +577,37 @@ func (v *view) loadSnapshot(ctx context.Context, d *directory) bool {
 		return false
 	}
 	v.savedVersion.Store(ver)
-	resume := relaxGC(-1)
+	resume := pauseGC()
 	v.placeSnapshot(su)
 	resume()
 	return true
 }
 
-// gcRelaxed counts the loads running with the collector relaxed.
-var gcRelaxed struct {
+// gcPaused counts the snapshot placements running with the collector off.
+var gcPaused struct {
 	sync.Mutex
 	n, percent int
 }
 
-// relaxGC sets the collector's GOGC percent (-1: off) until the returned
-// func runs. Placing a saved view builds a large heap of entries that all
-// stay alive while making little garbage (map growth, normalised keys);
-// at the configured percent the collector would scan that growing heap
-// again and again. (A rebuild from the store keeps the configured percent:
-// every decoded record is garbage at once, and the peak would grow with
-// it.) Overlapping callers keep the first caller's setting, and the
-// configured percent comes back when the last is done.
-func relaxGC(percent int) (restore func()) {
-	gcRelaxed.Lock()
-	if gcRelaxed.n == 0 {
-		gcRelaxed.percent = debug.SetGCPercent(percent)
+// pauseGC turns the collector off until the returned func runs. Placing a
+// saved view builds a large heap of entries that all stay alive while
+// making little garbage (map growth, normalised keys); with the collector
+// on it would scan that growing heap again and again. (A rebuild from the
+// store keeps it on: every decoded record is garbage at once.) Overlapping
+// callers restore the configured percent only when the last is done.
+func pauseGC() (resume func()) {
+	gcPaused.Lock()
+	if gcPaused.n == 0 {
+		gcPaused.percent = debug.SetGCPercent(-1)
 	}
-	gcRelaxed.n++
-	gcRelaxed.Unlock()
+	gcPaused.n++
+	gcPaused.Unlock()
 	return func() {
-		gcRelaxed.Lock()
-		gcRelaxed.n--
-		if gcRelaxed.n == 0 {
-			debug.SetGCPercent(gcRelaxed.percent)
+		gcPaused.Lock()
+		gcPaused.n--
+		if gcPaused.n == 0 {
+			debug.SetGCPercent(gcPaused.percent)
 		}
-		gcRelaxed.Unlock()
+		gcPaused.Unlock()
 	}
 }

@@ -31,15 +31,12 @@ func newSubIndex(t *attrType) *subIndex {
 	return &subIndex{t: t, lists: map[uint32][]*entry{}, full: map[uint32]bool{}}
 }
 
-// trigrams appends the distinct trigrams of s to dst, sorted.
-func trigrams(dst []uint32, s string) []uint32 {
-	start := len(dst)
+// appendTrigrams appends every trigram of s to dst, repeats included.
+func appendTrigrams(dst []uint32, s string) []uint32 {
 	for i := 0; i+3 <= len(s); i++ {
 		dst = append(dst, uint32(s[i])<<16|uint32(s[i+1])<<8|uint32(s[i+2]))
 	}
-	tail := dst[start:]
-	slices.Sort(tail)
-	return append(dst[:start], slices.Compact(tail)...)
+	return dst
 }
 
 // entryTrigrams returns the distinct trigrams of e's values of x's attribute.
@@ -50,7 +47,7 @@ func (x *subIndex) entryTrigrams(e *entry, scratch []uint32) []uint32 {
 			continue
 		}
 		for _, v := range e.view(i).vals {
-			scratch = trigrams(scratch, x.t.normalize(v))
+			scratch = appendTrigrams(scratch, x.t.normalize(v))
 		}
 	}
 	slices.Sort(scratch)
@@ -103,7 +100,7 @@ func (x *subIndex) remove(e *entry, scratch []uint32) []uint32 {
 func (x *subIndex) candidates(f *lfilter) (c []*entry, ok bool) {
 	var tgs []uint32
 	for _, comp := range append([]string{f.init, f.final}, f.any...) {
-		tgs = trigrams(tgs, comp)
+		tgs = appendTrigrams(tgs, comp)
 	}
 	for _, tg := range tgs {
 		if x.full[tg] {

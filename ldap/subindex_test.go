@@ -11,13 +11,15 @@ import (
 	"github.com/scimldap/scimldap/store"
 )
 
-func TestTrigrams(t *testing.T) {
+func TestAppendTrigrams(t *testing.T) {
 	for _, c := range []struct {
-		in   string
-		want int
-	}{{"", 0}, {"ab", 0}, {"abc", 1}, {"abcd", 2}, {"aaaa", 1}, {"rossi rossi", 6}, {"é€x", 4}} {
-		if got := trigrams(nil, c.in); len(got) != c.want || !slices.IsSorted(got) {
-			t.Errorf("trigrams(%q) = %v; want %d sorted", c.in, got, c.want)
+		in       string
+		all, set int // trigrams, distinct trigrams
+	}{{"", 0, 0}, {"ab", 0, 0}, {"abc", 1, 1}, {"abcd", 2, 2}, {"aaaa", 2, 1}, {"rossi rossi", 9, 6}, {"é€x", 4, 4}} {
+		got := appendTrigrams(nil, c.in)
+		slices.Sort(got)
+		if len(got) != c.all || len(slices.Compact(got)) != c.set {
+			t.Errorf("appendTrigrams(%q) = %v; want %d, %d distinct", c.in, got, c.all, c.set)
 		}
 	}
 }

@@ -49,14 +49,7 @@ func (s *Store) CreateGroup(ctx context.Context, t string, g Group) (Group, erro
 		return Group{}, fmt.Errorf("store: create group: encode: %w", err)
 	}
 	var out Group
-	err = s.update(ctx, func(tx *bolt.Tx) error {
-		tb, err := tenantBucket(tx, t)
-		if err != nil {
-			return err
-		}
-		if err := s.stamp(tx, tb); err != nil {
-			return err
-		}
+	err = s.updateTenant(ctx, t, func(tb *bolt.Bucket) error {
 		if err := indexGroup(tb, &g, nil, rules); err != nil {
 			return err
 		}
@@ -82,11 +75,7 @@ func (s *Store) notifyGroup(t string, g *Group) {
 // set, or ErrNotFound.
 func (s *Store) Group(ctx context.Context, t, id string, withMembers bool) (Group, error) {
 	var g Group
-	err := s.view(ctx, func(tx *bolt.Tx) error {
-		tb, err := tenantBucket(tx, t)
-		if err != nil {
-			return err
-		}
+	err := s.viewTenant(ctx, t, func(tb *bolt.Bucket) error {
 		return getGroup(tb, id, withMembers, &g)
 	})
 	if err != nil {
@@ -195,14 +184,7 @@ func (s *Store) UpdateGroup(ctx context.Context, t, id string, ifVersion uint64,
 	defer s.writing()()
 	rules := s.rulesFor(t)
 	var out Group
-	err := s.update(ctx, func(tx *bolt.Tx) error {
-		tb, err := tenantBucket(tx, t)
-		if err != nil {
-			return err
-		}
-		if err := s.stamp(tx, tb); err != nil {
-			return err
-		}
+	err := s.updateTenant(ctx, t, func(tb *bolt.Bucket) error {
 		var old, g Group
 		if err := getGroup(tb, id, true, &old); err != nil {
 			return err
@@ -251,14 +233,7 @@ func (s *Store) UpdateGroup(ctx context.Context, t, id string, ifVersion uint64,
 func (s *Store) DeleteGroup(ctx context.Context, t, id string) error {
 	defer s.writing()()
 	var parents []string
-	err := s.update(ctx, func(tx *bolt.Tx) error {
-		tb, err := tenantBucket(tx, t)
-		if err != nil {
-			return err
-		}
-		if err := s.stamp(tx, tb); err != nil {
-			return err
-		}
+	err := s.updateTenant(ctx, t, func(tb *bolt.Bucket) error {
 		var g Group
 		if err := getGroup(tb, id, true, &g); err != nil {
 			return err
@@ -269,8 +244,8 @@ func (s *Store) DeleteGroup(ctx context.Context, t, id string) error {
 		if _, err := setMembers(tb, id, g.Members, nil); err != nil {
 			return err
 		}
-		parents, err = dropMemberships(tb, id, s.now().UTC())
-		if err != nil {
+		var err error
+		if parents, err = dropMemberships(tb, id, s.now().UTC()); err != nil {
 			return err
 		}
 		return tb.Bucket(bucketGroups).Delete([]byte(id))
@@ -315,11 +290,7 @@ func dropMemberships(tb *bolt.Bucket, mid string, now time.Time) ([]string, erro
 // GroupsOf returns the groups of tenant t that list member id directly.
 func (s *Store) GroupsOf(ctx context.Context, t, id string) ([]Group, error) {
 	var out []Group
-	err := s.view(ctx, func(tx *bolt.Tx) error {
-		tb, err := tenantBucket(tx, t)
-		if err != nil {
-			return err
-		}
+	err := s.viewTenant(ctx, t, func(tb *bolt.Bucket) error {
 		for _, gid := range idsFor(tb.Bucket(bucketMemberOf), id) {
 			var g Group
 			if err := getGroup(tb, gid, false, &g); err != nil {
@@ -342,11 +313,7 @@ func (s *Store) GroupsOf(ctx context.Context, t, id string) ([]Group, error) {
 // value, without members.
 func (s *Store) LookupGroups(ctx context.Context, t string, idx Index, value string) ([]Group, error) {
 	var out []Group
-	err := s.view(ctx, func(tx *bolt.Tx) error {
-		tb, err := tenantBucket(tx, t)
-		if err != nil {
-			return err
-		}
+	err := s.viewTenant(ctx, t, func(tb *bolt.Bucket) error {
 		b := tb.Bucket(bucketIndexes).Bucket([]byte(idx))
 		if b == nil {
 			return nil
@@ -373,11 +340,7 @@ func (s *Store) LookupGroups(ctx context.Context, t string, idx Index, value str
 // when withMembers is set, inside one read transaction. ErrStop ends the
 // scan without error.
 func (s *Store) ScanGroups(ctx context.Context, t string, withMembers bool, fn func(*Group) error) error {
-	err := s.view(ctx, func(tx *bolt.Tx) error {
-		tb, err := tenantBucket(tx, t)
-		if err != nil {
-			return err
-		}
+	err := s.viewTenant(ctx, t, func(tb *bolt.Bucket) error {
 		c := tb.Bucket(bucketGroups).Cursor()
 		for k, v := c.First(); k != nil; k, v = c.Next() {
 			if err := ctx.Err(); err != nil {

@@ -169,11 +169,7 @@ func (s *Store) Version(ctx context.Context) (string, error) {
 // "" for a tenant never written to by this version of the appliance.
 func (s *Store) TenantVersion(ctx context.Context, t string) (string, error) {
 	var v string
-	err := s.view(ctx, func(tx *bolt.Tx) error {
-		tb, err := tenantBucket(tx, t)
-		if err != nil {
-			return err
-		}
+	err := s.viewTenant(ctx, t, func(tb *bolt.Bucket) error {
 		v = string(tb.Get(keyStamp))
 		return nil
 	})
@@ -348,6 +344,34 @@ func safeRun(fn func(*bolt.Tx) error, tx *bolt.Tx) (err error) {
 		}
 	}()
 	return fn(tx)
+}
+
+// viewTenant runs fn in a read transaction on tenant t's bucket; an
+// unknown tenant is ErrNotFound.
+func (s *Store) viewTenant(ctx context.Context, t string, fn func(tb *bolt.Bucket) error) error {
+	return s.view(ctx, func(tx *bolt.Tx) error {
+		tb, err := tenantBucket(tx, t)
+		if err != nil {
+			return err
+		}
+		return fn(tb)
+	})
+}
+
+// updateTenant runs fn in a write transaction (see update) on tenant t's
+// bucket, for writes to its users and groups: it also stamps the tenant's
+// version (see TenantVersion).
+func (s *Store) updateTenant(ctx context.Context, t string, fn func(tb *bolt.Bucket) error) error {
+	return s.update(ctx, func(tx *bolt.Tx) error {
+		tb, err := tenantBucket(tx, t)
+		if err != nil {
+			return err
+		}
+		if err := s.stamp(tx, tb); err != nil {
+			return err
+		}
+		return fn(tb)
+	})
 }
 
 func (s *Store) view(ctx context.Context, fn func(*bolt.Tx) error) error {

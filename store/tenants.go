@@ -138,11 +138,7 @@ func (s *Store) Tenant(ctx context.Context, name string) (Tenant, error) {
 	if ok {
 		return t, nil
 	}
-	err := s.view(ctx, func(tx *bolt.Tx) error {
-		b, err := tenantBucket(tx, strings.ToLower(name))
-		if err != nil {
-			return err
-		}
+	err := s.viewTenant(ctx, name, func(b *bolt.Bucket) error {
 		return getJSON(b, keyInfo, &t)
 	})
 	if err != nil {
@@ -263,11 +259,7 @@ func (s *Store) Account(ctx context.Context, t, name string) (Account, error) {
 	if ok {
 		return a, nil
 	}
-	err := s.view(ctx, func(tx *bolt.Tx) error {
-		b, err := tenantBucket(tx, strings.ToLower(t))
-		if err != nil {
-			return err
-		}
+	err := s.viewTenant(ctx, t, func(b *bolt.Bucket) error {
 		v := b.Bucket(bucketAccounts).Get([]byte(strings.ToLower(name)))
 		if v == nil {
 			return fmt.Errorf("account %q: %w", name, ErrNotFound)
@@ -289,11 +281,7 @@ func (s *Store) Account(ctx context.Context, t, name string) (Account, error) {
 // Accounts lists the service accounts of tenant t.
 func (s *Store) Accounts(ctx context.Context, t string) ([]Account, error) {
 	var out []Account
-	err := s.view(ctx, func(tx *bolt.Tx) error {
-		b, err := tenantBucket(tx, strings.ToLower(t))
-		if err != nil {
-			return err
-		}
+	err := s.viewTenant(ctx, t, func(b *bolt.Bucket) error {
 		return b.Bucket(bucketAccounts).ForEach(func(_, v []byte) error {
 			var a Account
 			if err := json.Unmarshal(v, &a); err != nil {

@@ -36,14 +36,7 @@ func (s *Store) CreateUser(ctx context.Context, t string, u User) (User, error) 
 	if err != nil {
 		return User{}, fmt.Errorf("store: create user: encode: %w", err)
 	}
-	err = s.update(ctx, func(tx *bolt.Tx) error {
-		tb, err := tenantBucket(tx, t)
-		if err != nil {
-			return err
-		}
-		if err := s.stamp(tx, tb); err != nil {
-			return err
-		}
+	err = s.updateTenant(ctx, t, func(tb *bolt.Bucket) error {
 		if err := indexUser(tb, &u, nil, rules); err != nil {
 			return err
 		}
@@ -59,11 +52,7 @@ func (s *Store) CreateUser(ctx context.Context, t string, u User) (User, error) 
 // User returns user id of tenant t, or ErrNotFound.
 func (s *Store) User(ctx context.Context, t, id string) (User, error) {
 	var u User
-	err := s.view(ctx, func(tx *bolt.Tx) error {
-		tb, err := tenantBucket(tx, t)
-		if err != nil {
-			return err
-		}
+	err := s.viewTenant(ctx, t, func(tb *bolt.Bucket) error {
 		return getUser(tb, id, &u)
 	})
 	if err != nil {
@@ -98,11 +87,7 @@ func (s *Store) UpdateUser(ctx context.Context, t, id string, ifVersion uint64, 
 	rules := s.rulesFor(t)
 	for {
 		var before []byte
-		err := s.view(ctx, func(tx *bolt.Tx) error {
-			tb, err := tenantBucket(tx, t)
-			if err != nil {
-				return err
-			}
+		err := s.viewTenant(ctx, t, func(tb *bolt.Bucket) error {
 			data := tb.Bucket(bucketUsers).Get([]byte(id))
 			if data == nil {
 				return fmt.Errorf("user %q: %w", id, ErrNotFound)
@@ -134,14 +119,7 @@ func (s *Store) UpdateUser(ctx context.Context, t, id string, ifVersion uint64, 
 		if err != nil {
 			return User{}, fmt.Errorf("store: update user %q: encode: %w", id, err)
 		}
-		err = s.update(ctx, func(tx *bolt.Tx) error {
-			tb, err := tenantBucket(tx, t)
-			if err != nil {
-				return err
-			}
-			if err := s.stamp(tx, tb); err != nil {
-				return err
-			}
+		err = s.updateTenant(ctx, t, func(tb *bolt.Bucket) error {
 			cur := tb.Bucket(bucketUsers).Get([]byte(id))
 			if cur == nil {
 				return fmt.Errorf("user %q: %w", id, ErrNotFound)
@@ -173,14 +151,7 @@ var errChanged = errors.New("record changed concurrently")
 func (s *Store) DeleteUser(ctx context.Context, t, id string) error {
 	defer s.writing()()
 	var groups []string
-	err := s.update(ctx, func(tx *bolt.Tx) error {
-		tb, err := tenantBucket(tx, t)
-		if err != nil {
-			return err
-		}
-		if err := s.stamp(tx, tb); err != nil {
-			return err
-		}
+	err := s.updateTenant(ctx, t, func(tb *bolt.Bucket) error {
 		var u User
 		if err := getUser(tb, id, &u); err != nil {
 			return err
@@ -188,8 +159,8 @@ func (s *Store) DeleteUser(ctx context.Context, t, id string) error {
 		if err := unindexUser(tb, &u); err != nil {
 			return err
 		}
-		groups, err = dropMemberships(tb, id, s.now().UTC())
-		if err != nil {
+		var err error
+		if groups, err = dropMemberships(tb, id, s.now().UTC()); err != nil {
 			return err
 		}
 		return tb.Bucket(bucketUsers).Delete([]byte(id))
@@ -208,11 +179,7 @@ func (s *Store) DeleteUser(ctx context.Context, t, id string) error {
 // (normalised as the index is). The answer comes from the index, not a scan.
 func (s *Store) LookupUsers(ctx context.Context, t string, idx Index, value string) ([]User, error) {
 	var out []User
-	err := s.view(ctx, func(tx *bolt.Tx) error {
-		tb, err := tenantBucket(tx, t)
-		if err != nil {
-			return err
-		}
+	err := s.viewTenant(ctx, t, func(tb *bolt.Bucket) error {
 		b := tb.Bucket(bucketIndexes).Bucket([]byte(idx))
 		if b == nil {
 			return nil
@@ -239,11 +206,7 @@ func (s *Store) LookupUsers(ctx context.Context, t string, idx Index, value stri
 // inside one read transaction, until fn returns an error. ErrStop ends the
 // scan without error.
 func (s *Store) ScanUsers(ctx context.Context, t string, fn func(*User) error) error {
-	err := s.view(ctx, func(tx *bolt.Tx) error {
-		tb, err := tenantBucket(tx, t)
-		if err != nil {
-			return err
-		}
+	err := s.viewTenant(ctx, t, func(tb *bolt.Bucket) error {
 		c := tb.Bucket(bucketUsers).Cursor()
 		n := 0
 		for k, v := c.First(); k != nil; k, v = c.Next() {
@@ -271,11 +234,7 @@ func (s *Store) ScanUsers(ctx context.Context, t string, fn func(*User) error) e
 // CountUsers returns how many users tenant t holds.
 func (s *Store) CountUsers(ctx context.Context, t string) (int, error) {
 	n := 0
-	err := s.view(ctx, func(tx *bolt.Tx) error {
-		tb, err := tenantBucket(tx, t)
-		if err != nil {
-			return err
-		}
+	err := s.viewTenant(ctx, t, func(tb *bolt.Bucket) error {
 		n = tb.Bucket(bucketUsers).Stats().KeyN
 		return nil
 	})
