@@ -313,6 +313,9 @@ func start(ctx context.Context, cfg *Config, stdout, stderr io.Writer) (_ *app, 
 		return nil, err
 	}
 	a.st = st
+	if n := st.Replayed(); n > 0 {
+		log.Info("store recovered after an unclean stop", "replayed_transactions", n)
+	}
 	defer func() {
 		if err != nil {
 			a.shutdown()

@@ -124,6 +124,11 @@ func reportCommits(b *testing.B, now, before store.CommitStats, cpu, elapsed tim
 	busy := now.Busy - before.Busy
 	b.ReportMetric(float64(now.Writes-before.Writes)/commits, "writes/commit")
 	b.ReportMetric(float64(busy.Microseconds())/commits, "µs/commit")
+	if syncs := float64(now.Syncs - before.Syncs); syncs > 0 {
+		b.ReportMetric(float64((now.Logging-before.Logging).Microseconds())/syncs, "µs/log-sync")
+		b.ReportMetric(commits/syncs, "commits/log-sync")
+	}
+	b.ReportMetric(float64(now.Checkpoints-before.Checkpoints)/elapsed.Seconds(), "checkpoints/s")
 	b.ReportMetric(100*busy.Seconds()/elapsed.Seconds(), "committer-busy-%")
 	b.ReportMetric(float64(now.Pages-before.Pages)/commits, "pages/commit")
 	b.ReportMetric(100*cpu.Seconds()/elapsed.Seconds()/float64(runtime.GOMAXPROCS(0)), "cpu-%")

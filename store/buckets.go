@@ -117,3 +117,12 @@ func tenantBucket(tx *bolt.Tx, t string) (*bolt.Bucket, error) {
 	}
 	return b, nil
 }
+
+// tenantBucketW is tenantBucket in a write transaction.
+func tenantBucketW(w wtx, t string) (bucket, error) {
+	b := w.Bucket(bucketTenants).Bucket([]byte(strings.ToLower(t)))
+	if !b.exists() {
+		return bucket{}, fmt.Errorf("tenant %q: %w", t, ErrNotFound)
+	}
+	return b, nil
+}

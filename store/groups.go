@@ -49,7 +49,7 @@ func (s *Store) CreateGroup(ctx context.Context, t string, g Group) (Group, erro
 		return Group{}, fmt.Errorf("store: create group: encode: %w", err)
 	}
 	var out Group
-	err = s.updateTenant(ctx, t, func(tb *bolt.Bucket) error {
+	err = s.updateTenant(ctx, t, func(tb bucket) error {
 		if err := indexGroup(tb, &g, nil, rules); err != nil {
 			return err
 		}
@@ -115,7 +115,7 @@ func members(tb *bolt.Bucket, gid string) []Member {
 
 // setMembers makes the member list of group gid equal want, given the
 // current list old, touching only what changed. It returns the stored list.
-func setMembers(tb *bolt.Bucket, gid string, old, want []Member) ([]Member, error) {
+func setMembers(tb bucket, gid string, old, want []Member) ([]Member, error) {
 	mb, ob := tb.Bucket(bucketMembers), tb.Bucket(bucketMemberOf)
 	keep := make(map[string]bool, len(want))
 	for _, m := range want {
@@ -184,15 +184,15 @@ func (s *Store) UpdateGroup(ctx context.Context, t, id string, ifVersion uint64,
 	defer s.writing()()
 	rules := s.rulesFor(t)
 	var out Group
-	err := s.updateTenant(ctx, t, func(tb *bolt.Bucket) error {
+	err := s.updateTenant(ctx, t, func(tb bucket) error {
 		var old, g Group
-		if err := getGroup(tb, id, true, &old); err != nil {
+		if err := getGroup(tb.raw(), id, true, &old); err != nil {
 			return err
 		}
 		if ifVersion != 0 && old.Meta.Version != ifVersion {
 			return fmt.Errorf("group %q is at version %d, not %d: %w", id, old.Meta.Version, ifVersion, ErrPrecondition)
 		}
-		if err := getGroup(tb, id, true, &g); err != nil {
+		if err := getGroup(tb.raw(), id, true, &g); err != nil {
 			return err
 		}
 		if err := fn(&g); err != nil {
@@ -233,9 +233,9 @@ func (s *Store) UpdateGroup(ctx context.Context, t, id string, ifVersion uint64,
 func (s *Store) DeleteGroup(ctx context.Context, t, id string) error {
 	defer s.writing()()
 	var parents []string
-	err := s.updateTenant(ctx, t, func(tb *bolt.Bucket) error {
+	err := s.updateTenant(ctx, t, func(tb bucket) error {
 		var g Group
-		if err := getGroup(tb, id, true, &g); err != nil {
+		if err := getGroup(tb.raw(), id, true, &g); err != nil {
 			return err
 		}
 		if err := unindexGroup(tb, &g); err != nil {
@@ -262,8 +262,8 @@ func (s *Store) DeleteGroup(ctx context.Context, t, id string) error {
 
 // dropMemberships removes member mid from every group holding it, bumps
 // those groups' versions, and returns their ids.
-func dropMemberships(tb *bolt.Bucket, mid string, now time.Time) ([]string, error) {
-	gids := idsFor(tb.Bucket(bucketMemberOf), mid)
+func dropMemberships(tb bucket, mid string, now time.Time) ([]string, error) {
+	gids := idsFor(tb.Bucket(bucketMemberOf).raw(), mid)
 	for _, gid := range gids {
 		if err := tb.Bucket(bucketMembers).Delete(indexKey(nil, gid, mid)); err != nil {
 			return nil, err
@@ -272,7 +272,7 @@ func dropMemberships(tb *bolt.Bucket, mid string, now time.Time) ([]string, erro
 			return nil, err
 		}
 		var g Group
-		if err := getGroup(tb, gid, false, &g); err != nil {
+		if err := getGroup(tb.raw(), gid, false, &g); err != nil {
 			if errors.Is(err, ErrNotFound) {
 				continue
 			}

@@ -147,7 +147,7 @@ func holder(b *bolt.Bucket, value, self string) string {
 	return ""
 }
 
-func indexBucket(tb *bolt.Bucket, idx Index) (*bolt.Bucket, error) {
+func indexBucket(tb bucket, idx Index) (bucket, error) {
 	return tb.Bucket(bucketIndexes).CreateBucketIfNotExists([]byte(idx))
 }
 
@@ -163,7 +163,7 @@ func checkIndexable(attr, v string) error {
 
 // indexUser checks uniqueness of u's indexed values against other records,
 // removes old's index entries (if old is not nil) and adds u's.
-func indexUser(tb *bolt.Bucket, u, old *User, rules Rules) error {
+func indexUser(tb bucket, u, old *User, rules Rules) error {
 	kp := keyBufs.Get().(*[]byte)
 	defer keyBufs.Put(kp)
 	for _, ix := range userIndexes {
@@ -180,7 +180,7 @@ func indexUser(tb *bolt.Bucket, u, old *User, rules Rules) error {
 				return err
 			}
 			if ix.unique(rules) {
-				if h := holder(b, v, u.ID); h != "" {
+				if h := holder(b.raw(), v, u.ID); h != "" {
 					return &ConflictError{Attribute: ix.attr, Value: v, HolderID: h}
 				}
 			}
@@ -214,7 +214,7 @@ func equalStrings(a, b []string) bool {
 	return true
 }
 
-func unindexUser(tb *bolt.Bucket, u *User) error {
+func unindexUser(tb bucket, u *User) error {
 	for _, ix := range userIndexes {
 		b, err := indexBucket(tb, ix.index)
 		if err != nil {
@@ -229,7 +229,7 @@ func unindexUser(tb *bolt.Bucket, u *User) error {
 	return nil
 }
 
-func indexGroup(tb *bolt.Bucket, g, old *Group, rules Rules) error {
+func indexGroup(tb bucket, g, old *Group, rules Rules) error {
 	for _, ix := range groupIndexes {
 		b, err := indexBucket(tb, ix.index)
 		if err != nil {
@@ -241,7 +241,7 @@ func indexGroup(tb *bolt.Bucket, g, old *Group, rules Rules) error {
 				return err
 			}
 			if ix.unique(rules) {
-				if h := holder(b, v, g.ID); h != "" {
+				if h := holder(b.raw(), v, g.ID); h != "" {
 					return &ConflictError{Attribute: ix.attr, Value: v, HolderID: h}
 				}
 			}
@@ -262,7 +262,7 @@ func indexGroup(tb *bolt.Bucket, g, old *Group, rules Rules) error {
 	return nil
 }
 
-func unindexGroup(tb *bolt.Bucket, g *Group) error {
+func unindexGroup(tb bucket, g *Group) error {
 	for _, ix := range groupIndexes {
 		b, err := indexBucket(tb, ix.index)
 		if err != nil {

@@ -3,9 +3,10 @@
 // appliance imports bbolt.
 //
 // Every exported method takes a context, opens exactly one transaction and
-// composes unexported helpers that take *bbolt.Tx. Writes return only after
-// their transaction is committed and synced to disk; concurrent writers are
-// grouped into one transaction so that one fsync serves many of them.
+// composes unexported helpers. Writes return only after their transaction
+// is durable: committed, and its redo record synced to the write-ahead log
+// (wal.go). Concurrent writers are grouped into one transaction, and one
+// log sync serves every record written while the previous sync ran.
 package store
 
 import (
@@ -16,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -39,6 +41,8 @@ var (
 	// ErrInvalid is returned for input the store cannot accept (an empty
 	// userName, a member that does not exist, a bad tenant name).
 	ErrInvalid = errors.New("invalid")
+	// ErrClosed is returned by writes after Close.
+	ErrClosed = errors.New("store closed")
 )
 
 // ConflictError says which unique attribute collided and which resource
@@ -82,7 +86,32 @@ type Store struct {
 
 	qmu        sync.Mutex
 	queue      []*pendingWrite
-	committing bool
+	committing bool // the writer role: a committer is running
+	closed     bool
+	redo       redo // the committing transaction's redo log
+
+	// The write-ahead log (wal.go, session.go). The writer role guards
+	// log, metaf, dirty, logged and size; ckmu guards the rest.
+	lock           *os.File // FILE-lock, held from Open to Close
+	log            *wal     // nil: commits sync the file themselves
+	metaf          *os.File // the database file, read for its meta pages
+	dirty          bool     // records appended since the last checkpoint began
+	logged         time.Time
+	lastCheckpoint time.Time
+	size           int // the file's size after the last commit
+	replayed       int // records replayed at Open
+	stopIdle       chan struct{}
+	idleDone       chan struct{}
+	ckmu           sync.Mutex
+	pin            *bolt.Tx      // read transaction at the last durable checkpoint
+	ckRunning      chan struct{} // closed when the running checkpoint ends
+	broken         error         // a failed log write or checkpoint
+	syncMu         sync.Mutex
+	syncQueue      []syncItem // records written, waiting for their sync
+	syncWake       chan struct{}
+	syncTaken      *sync.Cond // on syncMu: the syncer took the queue
+	stopSync       chan struct{}
+	syncDone       chan struct{}
 
 	// inflight is held shared by every write method from its start until
 	// its watchers have been told, and exclusively by Quiesce.
@@ -90,13 +119,13 @@ type Store struct {
 	// session is random per Open; with a transaction id it makes a stamp
 	// no other process, and no other copy of the file, ever writes.
 	session string
-	// stats count the group commits; only the committer writes them.
-	commits, writes, busy atomic.Int64
+	// stats count the group commits and log syncs.
+	commits, writes, busy, logging, syncs, checkpoints atomic.Int64
 }
 
 // pendingWrite is one writer waiting for the group commit.
 type pendingWrite struct {
-	fn   func(*bolt.Tx) error
+	fn   func(wtx) error
 	done chan error
 }
 
@@ -118,33 +147,70 @@ func Open(path string, opts Options) (*Store, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.Timeout, FreelistType: bolt.FreelistMapType})
+	lock, err := lockFile(path+"-lock", opts.Timeout)
 	if err != nil {
-		if errors.Is(err, berrors.ErrTimeout) {
-			return nil, fmt.Errorf("store: open %s: the file is locked by another process (is the appliance already running?): %w", path, err)
-		}
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
 	}
-	s := &Store{db: db, now: opts.Now, rules: map[string]Rules{}}
-	if err := s.open(); err != nil {
-		db.Close()
+	s, err := open(path, opts, lock)
+	if err != nil {
+		lock.Close()
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
 	}
 	return s, nil
 }
 
-// open migrates the file and starts a session.
-func (s *Store) open() error {
+// open recovers the file if it was not closed cleanly, opens it, migrates
+// it and starts logging.
+func open(path string, opts Options, lock *os.File) (*Store, error) {
+	records, err := recoverLog(path)
+	if err != nil {
+		return nil, err
+	}
+	db, err := openBolt(path, opts.Timeout)
+	if err != nil {
+		if errors.Is(err, berrors.ErrTimeout) {
+			return nil, errLocked
+		}
+		return nil, err
+	}
+	s := &Store{db: db, now: opts.Now, rules: map[string]Rules{}, lock: lock, replayed: len(records)}
 	var sid [12]byte
 	rand.Read(sid[:])
 	s.session = hex.EncodeToString(sid[:])
-	return migrate(s.db)
+	if err := replay(db, records); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("recover: %w", err)
+	}
+	if err := migrate(db); err != nil {
+		db.Close()
+		return nil, err
+	}
+	if err := s.startSession(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return s, nil
 }
+
+// openBolt opens the file with bbolt, which panics on some damage (a
+// freelist page that is not one, say): that becomes an error naming it.
+func openBolt(path string, timeout time.Duration) (db *bolt.DB, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("the database file is damaged (%v); restore a backup (see README)", p)
+		}
+	}()
+	return bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout, FreelistType: bolt.FreelistMapType, InitialMmapSize: mmapLimit})
+}
+
+// Replayed returns how many logged transactions Open replayed because the
+// store was not closed cleanly.
+func (s *Store) Replayed() int { return s.replayed }
 
 // stamp records in tenant bucket tb that this transaction changes the
 // tenant's users or groups. Every write method that does calls it.
-func (s *Store) stamp(tx *bolt.Tx, tb *bolt.Bucket) error {
-	return tb.Put(keyStamp, []byte(s.session+"/"+strconv.Itoa(tx.ID())))
+func (s *Store) stamp(w wtx, tb bucket) error {
+	return tb.Put(keyStamp, []byte(s.session+"/"+strconv.Itoa(w.ID())))
 }
 
 // Version returns a string that changes with every committed write, for
@@ -196,12 +262,30 @@ func (s *Store) writing() func() {
 	return s.inflight.RUnlock
 }
 
-// Close waits for open transactions and closes the file.
+// Close waits for writes in flight, makes the file durable on its own and
+// closes it. Writes after Close fail.
 func (s *Store) Close() error {
-	if err := s.db.Close(); err != nil {
-		return fmt.Errorf("store: close: %w", err)
+	s.inflight.Lock()
+	defer s.inflight.Unlock()
+	s.qmu.Lock()
+	if s.closed {
+		s.qmu.Unlock()
+		return nil
 	}
-	return nil
+	s.closed = true
+	for s.committing { // the idle checkpointer may hold the role a moment
+		s.qmu.Unlock()
+		time.Sleep(time.Millisecond)
+		s.qmu.Lock()
+	}
+	s.committing = true
+	s.qmu.Unlock()
+	err := s.endSession()
+	if cerr := s.db.Close(); cerr != nil && err == nil {
+		err = fmt.Errorf("store: close: %w", cerr)
+	}
+	s.lock.Close()
+	return err
 }
 
 // Path returns the database file's path.
@@ -250,12 +334,16 @@ func (s *Store) Backup(ctx context.Context, w io.Writer) (int64, error) {
 // waiting when there is no concurrency (bbolt's Batch always waits its
 // delay). fn may run more than once and must depend only on the
 // transaction and on values computed before the call.
-func (s *Store) update(ctx context.Context, fn func(*bolt.Tx) error) error {
+func (s *Store) update(ctx context.Context, fn func(wtx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	w := &pendingWrite{fn: fn, done: make(chan error, 1)}
 	s.qmu.Lock()
+	if s.closed {
+		s.qmu.Unlock()
+		return ErrClosed
+	}
 	s.queue = append(s.queue, w)
 	if !s.committing {
 		s.committing = true
@@ -268,6 +356,7 @@ func (s *Store) update(ctx context.Context, fn func(*bolt.Tx) error) error {
 // commitLoop commits queued writes in groups until the queue is empty.
 func (s *Store) commitLoop() {
 	for {
+		s.awaitSyncStart()
 		s.qmu.Lock()
 		group := s.queue
 		s.queue = nil
@@ -288,23 +377,35 @@ func (s *Store) commitLoop() {
 func (s *Store) commitGroup(group []*pendingWrite) {
 	began := time.Now()
 	defer func() { s.busy.Add(int64(time.Since(began))) }()
+	if err := s.refused(); err != nil {
+		for _, w := range group {
+			w.done <- err
+		}
+		return
+	}
+	if s.log != nil && s.size+mmapMargin >= mmapLimit {
+		if err := s.endSession(); err != nil { // the mapping must be free to grow
+			s.fail(err)
+		}
+	}
 	for len(group) > 0 {
 		s.commits.Add(1)
 		s.writes.Add(int64(len(group)))
 		failed, ferr := -1, error(nil)
+		s.redo.buf = s.redo.buf[:0]
 		err := s.db.Update(func(tx *bolt.Tx) error {
-			for i, w := range group {
-				if err := safeRun(w.fn, tx); err != nil {
+			w := wtx{tx: tx, log: &s.redo}
+			for i, pw := range group {
+				if err := safeRun(pw.fn, w); err != nil {
 					failed, ferr = i, err
 					return err
 				}
 			}
+			s.size = int(tx.Size()) // before this commit's growth, which mmapMargin covers
 			return nil
 		})
 		if err == nil {
-			for _, w := range group {
-				w.done <- nil
-			}
+			s.durable(s.redo.buf, group)
 			return
 		}
 		if failed < 0 { // the commit itself failed
@@ -323,21 +424,25 @@ func (s *Store) commitGroup(group []*pendingWrite) {
 // pages the transactions wrote. Benchmarks report them to show where
 // durable writes spend their time.
 type CommitStats struct {
-	Commits int64         // write transactions, retries after a failed writer included
-	Writes  int64         // writer functions they ran
-	Busy    time.Duration // time inside commits: running writers, writing pages, syncing
-	Pages   int64         // pages allocated by write transactions
+	Commits     int64         // write transactions, retries after a failed writer included
+	Writes      int64         // writer functions they ran
+	Busy        time.Duration // time inside commits: running writers, writing pages and records
+	Logging     time.Duration // time syncing the log, meanwhile
+	Syncs       int64         // log syncs, each making every record written before it durable
+	Pages       int64         // pages allocated by write transactions
+	Checkpoints int64
 }
 
 // CommitStats returns the counts since Open.
 func (s *Store) CommitStats() CommitStats {
 	db := s.db.Stats()
-	return CommitStats{Commits: s.commits.Load(), Writes: s.writes.Load(), Busy: time.Duration(s.busy.Load()), Pages: db.TxStats.GetPageCount()}
+	return CommitStats{Commits: s.commits.Load(), Writes: s.writes.Load(), Busy: time.Duration(s.busy.Load()),
+		Logging: time.Duration(s.logging.Load()), Syncs: s.syncs.Load(), Pages: db.TxStats.GetPageCount(), Checkpoints: s.checkpoints.Load()}
 }
 
 // safeRun turns a panic in a write function into an error for that writer
 // alone, so one bad request cannot take down the committer.
-func safeRun(fn func(*bolt.Tx) error, tx *bolt.Tx) (err error) {
+func safeRun(fn func(wtx) error, tx wtx) (err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			err = fmt.Errorf("write panicked: %v", p)
@@ -361,13 +466,13 @@ func (s *Store) viewTenant(ctx context.Context, t string, fn func(tb *bolt.Bucke
 // updateTenant runs fn in a write transaction (see update) on tenant t's
 // bucket, for writes to its users and groups: it also stamps the tenant's
 // version (see TenantVersion).
-func (s *Store) updateTenant(ctx context.Context, t string, fn func(tb *bolt.Bucket) error) error {
-	return s.update(ctx, func(tx *bolt.Tx) error {
-		tb, err := tenantBucket(tx, t)
+func (s *Store) updateTenant(ctx context.Context, t string, fn func(tb bucket) error) error {
+	return s.update(ctx, func(w wtx) error {
+		tb, err := tenantBucketW(w, t)
 		if err != nil {
 			return err
 		}
-		if err := s.stamp(tx, tb); err != nil {
+		if err := s.stamp(w, tb); err != nil {
 			return err
 		}
 		return fn(tb)

@@ -102,9 +102,9 @@ func (s *Store) CreateTenant(ctx context.Context, name string, token Secret) (Te
 		return Tenant{}, fmt.Errorf("store: create tenant: %w", err)
 	}
 	t := Tenant{Name: strings.ToLower(name), Token: token, Created: s.now().UTC()}
-	err := s.update(ctx, func(tx *bolt.Tx) error {
-		root := tx.Bucket(bucketTenants)
-		if root.Bucket([]byte(t.Name)) != nil {
+	err := s.update(ctx, func(w wtx) error {
+		root := w.Bucket(bucketTenants)
+		if root.Bucket([]byte(t.Name)).exists() {
 			return &ConflictError{Attribute: "tenant", Value: t.Name, HolderID: t.Name}
 		}
 		b, err := root.CreateBucket([]byte(t.Name))
@@ -116,7 +116,7 @@ func (s *Store) CreateTenant(ctx context.Context, name string, token Secret) (Te
 				return err
 			}
 		}
-		if err := s.stamp(tx, b); err != nil {
+		if err := s.stamp(w, b); err != nil {
 			return err
 		}
 		return putJSON(b, keyInfo, t)
@@ -186,8 +186,8 @@ func (s *Store) Tenants(ctx context.Context) ([]Tenant, error) {
 func (s *Store) DeleteTenant(ctx context.Context, name string) error {
 	defer s.writing()()
 	name = strings.ToLower(name)
-	err := s.update(ctx, func(tx *bolt.Tx) error {
-		err := tx.Bucket(bucketTenants).DeleteBucket([]byte(name))
+	err := s.update(ctx, func(w wtx) error {
+		err := w.Bucket(bucketTenants).DeleteBucket([]byte(name))
 		if errors.Is(err, berrors.ErrBucketNotFound) {
 			return fmt.Errorf("tenant %q: %w", name, ErrNotFound)
 		}
@@ -206,13 +206,13 @@ func (s *Store) DeleteTenant(ctx context.Context, name string) error {
 func (s *Store) SetTenantToken(ctx context.Context, name string, token Secret) error {
 	defer s.writing()()
 	name = strings.ToLower(name)
-	err := s.update(ctx, func(tx *bolt.Tx) error {
-		b, err := tenantBucket(tx, name)
+	err := s.update(ctx, func(w wtx) error {
+		b, err := tenantBucketW(w, name)
 		if err != nil {
 			return err
 		}
 		var t Tenant
-		if err := getJSON(b, keyInfo, &t); err != nil {
+		if err := getJSON(b.raw(), keyInfo, &t); err != nil {
 			return err
 		}
 		t.Token = token
@@ -236,8 +236,8 @@ func (s *Store) PutAccount(ctx context.Context, t string, a Account) error {
 	if a.Created.IsZero() {
 		a.Created = s.now().UTC()
 	}
-	err := s.update(ctx, func(tx *bolt.Tx) error {
-		b, err := tenantBucket(tx, t)
+	err := s.update(ctx, func(w wtx) error {
+		b, err := tenantBucketW(w, t)
 		if err != nil {
 			return err
 		}
@@ -302,8 +302,8 @@ func (s *Store) Accounts(ctx context.Context, t string) ([]Account, error) {
 func (s *Store) DeleteAccount(ctx context.Context, t, name string) error {
 	defer s.writing()()
 	t, name = strings.ToLower(t), strings.ToLower(name)
-	err := s.update(ctx, func(tx *bolt.Tx) error {
-		b, err := tenantBucket(tx, t)
+	err := s.update(ctx, func(w wtx) error {
+		b, err := tenantBucketW(w, t)
 		if err != nil {
 			return err
 		}
@@ -320,7 +320,7 @@ func (s *Store) DeleteAccount(ctx context.Context, t, name string) error {
 	return nil
 }
 
-func putJSON(b *bolt.Bucket, k []byte, v any) error {
+func putJSON(b bucket, k []byte, v any) error {
 	data, err := json.Marshal(v)
 	if err != nil {
 		return err

@@ -36,7 +36,7 @@ func (s *Store) CreateUser(ctx context.Context, t string, u User) (User, error) 
 	if err != nil {
 		return User{}, fmt.Errorf("store: create user: encode: %w", err)
 	}
-	err = s.updateTenant(ctx, t, func(tb *bolt.Bucket) error {
+	err = s.updateTenant(ctx, t, func(tb bucket) error {
 		if err := indexUser(tb, &u, nil, rules); err != nil {
 			return err
 		}
@@ -119,7 +119,7 @@ func (s *Store) UpdateUser(ctx context.Context, t, id string, ifVersion uint64, 
 		if err != nil {
 			return User{}, fmt.Errorf("store: update user %q: encode: %w", id, err)
 		}
-		err = s.updateTenant(ctx, t, func(tb *bolt.Bucket) error {
+		err = s.updateTenant(ctx, t, func(tb bucket) error {
 			cur := tb.Bucket(bucketUsers).Get([]byte(id))
 			if cur == nil {
 				return fmt.Errorf("user %q: %w", id, ErrNotFound)
@@ -151,9 +151,9 @@ var errChanged = errors.New("record changed concurrently")
 func (s *Store) DeleteUser(ctx context.Context, t, id string) error {
 	defer s.writing()()
 	var groups []string
-	err := s.updateTenant(ctx, t, func(tb *bolt.Bucket) error {
+	err := s.updateTenant(ctx, t, func(tb bucket) error {
 		var u User
-		if err := getUser(tb, id, &u); err != nil {
+		if err := getUser(tb.raw(), id, &u); err != nil {
 			return err
 		}
 		if err := unindexUser(tb, &u); err != nil {
