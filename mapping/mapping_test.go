@@ -164,6 +164,50 @@ func TestLDAPEntry(t *testing.T) {
 
 // FuzzResources feeds arbitrary JSON to the resource readers: no panic, and
 // what is accepted renders and reads back to the same record.
+// checkFillCore checks that fillCore sets the core attributes of doc
+// exactly as decoding their canonical values as JSON would.
+func checkFillCore(t *testing.T, doc map[string]any) {
+	t.Helper()
+	core := map[string]any{}
+	for k, v := range doc {
+		switch strings.ToLower(k) {
+		case "schemas", "id", "meta", "groups", "password", "externalid", "active":
+			continue
+		}
+		if a := UserSchema.Attr(k); a != nil {
+			if cv, err := canonical(a, a.Name, v); err == nil && cv != nil {
+				core[a.Name] = cv
+			}
+		}
+	}
+	raw, _ := json.Marshal(core)
+	var viaJSON, direct store.User
+	if err := json.Unmarshal(raw, &viaJSON); err != nil {
+		t.Fatalf("canonical values do not decode: %v\n%s", err, raw)
+	}
+	fillCore(&direct, core)
+	if !reflect.DeepEqual(direct, viaJSON) {
+		t.Fatalf("fillCore differs from JSON decoding of %s:\n got %+v\nwant %+v", raw, direct, viaJSON)
+	}
+}
+
+func TestFillCoreMatchesJSONDecoding(t *testing.T) {
+	u := sampleUser()
+	u.IMs = []store.MultiValue{{Value: "joy", Type: "skype", Display: "Joy"}}
+	u.Roles = []store.MultiValue{{Value: "admin", Primary: true}}
+	u.Name.HonorificPrefix, u.Name.MiddleName = "Dr", "Q"
+	u.NickName, u.ProfileURL, u.UserType, u.Locale, u.Timezone = "J", "https://p", "Employee", "en-US", "Europe/Rome"
+	doc := UserResource(&u, Links{Base: "https://h/scim/v2/t"}, nil, nil)
+	raw, _ := json.Marshal(doc)
+	var back map[string]any
+	json.Unmarshal(raw, &back)
+	checkFillCore(t, back)
+	var entra map[string]any
+	json.Unmarshal([]byte(`{"userName":"a","emails":[{"value":"x","type":"work","primary":"True"}],"phoneNumbers":"+1 555","title":7,
+		"addresses":[{"type":"work","streetAddress":"1 Main","country":null}],"name":{"givenName":"G","bogus":1},"x509Certificates":[{"value":"MII"}]}`), &entra)
+	checkFillCore(t, entra)
+}
+
 func FuzzResources(f *testing.F) {
 	f.Add(`{"userName":"a","active":"True","emails":[{"value":"x","type":"work"}],"urn:ietf:params:scim:schemas:extension:enterprise:2.0:User":{"manager":"m"}}`)
 	f.Add(`{"displayName":"g","members":[{"value":"a","$ref":null},"b"]}`)
@@ -173,6 +217,7 @@ func FuzzResources(f *testing.F) {
 		if json.Unmarshal([]byte(body), &doc) != nil {
 			return
 		}
+		checkFillCore(t, doc)
 		if u, err := UserFromResource(doc); err == nil {
 			raw, _ := json.Marshal(UserResource(&u, Links{}, nil, nil))
 			var back map[string]any

@@ -263,15 +263,7 @@ func UserFromResource(doc map[string]any) (store.User, error) {
 			}
 		}
 	}
-	if len(core) > 0 {
-		raw, err := json.Marshal(core)
-		if err == nil {
-			err = json.Unmarshal(raw, &u)
-		}
-		if err != nil {
-			return u, &ValueError{"", err.Error()}
-		}
-	}
+	fillCore(&u, core)
 	if a, ok := core["active"].(bool); ok {
 		u.Active = a
 	}
@@ -311,6 +303,61 @@ func UserFromResource(doc map[string]any) (store.User, error) {
 	}
 	u.Extensions = ext
 	return u, nil
+}
+
+// fillCore sets u's core attributes from their canonical values (see
+// canonical: strings, booleans, objects of them, lists of objects), as
+// decoding them as JSON into u would, without the encoding.
+func fillCore(u *store.User, core map[string]any) {
+	strs := map[string]*string{"userName": &u.UserName, "displayName": &u.DisplayName, "nickName": &u.NickName,
+		"profileUrl": &u.ProfileURL, "title": &u.Title, "userType": &u.UserType, "preferredLanguage": &u.PreferredLanguage,
+		"locale": &u.Locale, "timezone": &u.Timezone}
+	multis := map[string]*[]store.MultiValue{"emails": &u.Emails, "phoneNumbers": &u.PhoneNumbers, "ims": &u.IMs,
+		"photos": &u.Photos, "entitlements": &u.Entitlements, "roles": &u.Roles, "x509Certificates": &u.X509Certificates}
+	for k, v := range core {
+		if p := strs[k]; p != nil {
+			*p, _ = v.(string)
+			continue
+		}
+		if p := multis[k]; p != nil {
+			*p = nil
+			for _, it := range objects(v) {
+				*p = append(*p, store.MultiValue{Value: field(it, "value"), Display: field(it, "display"), Type: field(it, "type"), Primary: it["primary"] == true})
+			}
+			continue
+		}
+		switch k {
+		case "name":
+			if m, ok := v.(map[string]any); ok {
+				u.Name = store.Name{Formatted: field(m, "formatted"), FamilyName: field(m, "familyName"), GivenName: field(m, "givenName"),
+					MiddleName: field(m, "middleName"), HonorificPrefix: field(m, "honorificPrefix"), HonorificSuffix: field(m, "honorificSuffix")}
+			}
+		case "addresses":
+			u.Addresses = nil
+			for _, it := range objects(v) {
+				u.Addresses = append(u.Addresses, store.Address{Formatted: field(it, "formatted"), StreetAddress: field(it, "streetAddress"),
+					Locality: field(it, "locality"), Region: field(it, "region"), PostalCode: field(it, "postalCode"), Country: field(it, "country"),
+					Type: field(it, "type"), Primary: it["primary"] == true})
+			}
+		}
+	}
+}
+
+func field(m map[string]any, k string) string {
+	s, _ := m[k].(string)
+	return s
+}
+
+// objects returns the objects of a canonical multi-valued attribute.
+func objects(v any) []map[string]any {
+	items, _ := v.([]any)
+	out := make([]map[string]any, 0, len(items))
+	for _, it := range items {
+		if m, ok := it.(map[string]any); ok {
+			out = append(out, m)
+		}
+	}
+	return out
 }
 
 // managerID accepts the shapes Entra and others send for manager: a bare id,

@@ -161,19 +161,29 @@ func checkIndexable(attr, v string) error {
 	return nil
 }
 
+// indexedValues returns u's values for each of userIndexes, in order.
+func indexedValues(u *User) [][]string {
+	out := make([][]string, len(userIndexes))
+	for i, ix := range userIndexes {
+		out[i] = ix.values(u)
+	}
+	return out
+}
+
 // indexUser checks uniqueness of u's indexed values against other records,
-// removes old's index entries (if old is not nil) and adds u's.
-func indexUser(tb bucket, u, old *User, rules Rules) error {
+// removes the entries of the values indexed before (old, from
+// indexedValues; nil for a new user) and adds u's.
+func indexUser(tb bucket, u *User, old [][]string, rules Rules) error {
 	kp := keyBufs.Get().(*[]byte)
 	defer keyBufs.Put(kp)
-	for _, ix := range userIndexes {
+	for i, ix := range userIndexes {
+		vals := ix.values(u)
+		if old != nil && equalStrings(vals, old[i]) {
+			continue // unchanged: nothing to check or rewrite
+		}
 		b, err := indexBucket(tb, ix.index)
 		if err != nil {
 			return err
-		}
-		vals := ix.values(u)
-		if old != nil && equalStrings(vals, ix.values(old)) {
-			continue // unchanged: nothing to check or rewrite
 		}
 		for _, v := range vals {
 			if err := checkIndexable(ix.attr, v); err != nil {
@@ -186,8 +196,8 @@ func indexUser(tb bucket, u, old *User, rules Rules) error {
 			}
 		}
 		if old != nil {
-			for _, v := range ix.values(old) {
-				if err := b.Delete(indexKey(*kp, v, old.ID)); err != nil {
+			for _, v := range old[i] {
+				if err := b.Delete(indexKey(*kp, v, u.ID)); err != nil {
 					return err
 				}
 			}

@@ -43,14 +43,19 @@ func (s *Store) startSession() error {
 		return fmt.Errorf("open log: %w", err)
 	}
 	w := &wal{seg: segs, epoch: newEpoch()}
-	if err := writeCheckpoint(path, checkpoint{epoch: w.epoch, segment: 0, metas: metas}); err != nil {
+	err = writeCheckpoint(path, nil, checkpoint{epoch: w.epoch, segment: 0, metas: metas})
+	var ckf *os.File
+	if err == nil {
+		ckf, err = os.OpenFile(checkpointPath(path), os.O_RDWR, 0)
+	}
+	if err != nil {
 		s.pin.Rollback()
 		s.pin = nil
 		f.Close()
 		closeAll(segs[:])
-		return err
+		return fmt.Errorf("open log: %w", err)
 	}
-	s.log, s.metaf = w, f
+	s.log, s.metaf, s.ckf, s.ckptN = w, f, ckf, 0
 	s.db.NoSync = true
 	s.syncWake = make(chan struct{}, 1)
 	s.syncTaken = sync.NewCond(&s.syncMu)
@@ -108,9 +113,8 @@ func (s *Store) endSession() error {
 		s.pin = nil
 	}
 	s.ckmu.Unlock()
-	closeAll(s.log.seg[:])
-	s.metaf.Close()
-	s.log, s.metaf = nil, nil
+	closeAll(append(s.log.seg[:], s.metaf, s.ckf))
+	s.log, s.metaf, s.ckf = nil, nil, nil
 	s.db.NoSync = false
 	if err != nil {
 		return fmt.Errorf("store: sync at close: %w", err)
@@ -237,7 +241,8 @@ func (s *Store) checkpoint(wait bool) error {
 	if err != nil {
 		return s.fail(fmt.Errorf("pin the checkpoint: %w", err))
 	}
-	c := checkpoint{epoch: w.epoch, seq: w.seq, segment: 1 - w.active, metas: metas}
+	s.ckptN++
+	c := checkpoint{epoch: w.epoch, n: s.ckptN, seq: w.seq, segment: 1 - w.active, metas: metas}
 	w.active, w.off = c.segment, 0
 	s.dirty, s.lastCheckpoint = false, time.Now()
 	s.checkpoints.Add(1)
@@ -249,7 +254,7 @@ func (s *Store) checkpoint(wait bool) error {
 		defer close(done)
 		err := s.db.Sync()
 		if err == nil {
-			err = writeCheckpoint(s.db.Path(), c)
+			err = writeCheckpoint(s.db.Path(), s.ckf, c)
 		}
 		s.ckmu.Lock()
 		defer s.ckmu.Unlock()

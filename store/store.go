@@ -95,6 +95,8 @@ type Store struct {
 	lock           *os.File // FILE-lock, held from Open to Close
 	log            *wal     // nil: commits sync the file themselves
 	metaf          *os.File // the database file, read for its meta pages
+	ckf            *os.File // FILE-ckpt
+	ckptN          uint64   // checkpoints begun in this session
 	dirty          bool     // records appended since the last checkpoint began
 	logged         time.Time
 	lastCheckpoint time.Time

@@ -98,22 +98,23 @@ func (s *Store) UpdateUser(ctx context.Context, t, id string, ifVersion uint64, 
 		if err != nil {
 			return User{}, fmt.Errorf("store: update user %q: %w", id, err)
 		}
-		var old, u User
-		if err := json.Unmarshal(before, &old); err != nil {
+		var u User
+		if err := json.Unmarshal(before, &u); err != nil {
 			return User{}, fmt.Errorf("store: update user %q: decode: %w", id, err)
 		}
-		if ifVersion != 0 && old.Meta.Version != ifVersion {
-			return User{}, fmt.Errorf("store: update user %q: at version %d, not %d: %w", id, old.Meta.Version, ifVersion, ErrPrecondition)
+		if ifVersion != 0 && u.Meta.Version != ifVersion {
+			return User{}, fmt.Errorf("store: update user %q: at version %d, not %d: %w", id, u.Meta.Version, ifVersion, ErrPrecondition)
 		}
-		json.Unmarshal(before, &u) // a private deep copy
+		old := u.Meta
+		oldIndexed := indexedValues(&u) // fn gets u itself: it is private
 		if err := fn(&u); err != nil {
 			return User{}, fmt.Errorf("store: update user %q: %w", id, err)
 		}
 		if err := validateUser(&u); err != nil {
 			return User{}, fmt.Errorf("store: update user %q: %w", id, err)
 		}
-		u.ID, u.Meta.Created = old.ID, old.Meta.Created
-		u.Meta.Version = old.Meta.Version + 1
+		u.ID, u.Meta.Created = id, old.Created
+		u.Meta.Version = old.Version + 1
 		u.Meta.LastModified = s.now().UTC()
 		data, err := json.Marshal(&u)
 		if err != nil {
@@ -127,7 +128,7 @@ func (s *Store) UpdateUser(ctx context.Context, t, id string, ifVersion uint64, 
 			if !bytes.Equal(cur, before) {
 				return errChanged
 			}
-			if err := indexUser(tb, &u, &old, rules); err != nil {
+			if err := indexUser(tb, &u, oldIndexed, rules); err != nil {
 				return err
 			}
 			return tb.Bucket(bucketUsers).Put([]byte(id), data)

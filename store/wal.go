@@ -212,17 +212,21 @@ func readLog(segs [2]io.ReaderAt, size int64, epoch, seq uint64, first int) [][]
 	}
 }
 
-// checkpoint is the content of FILE-ckpt.
+// checkpoint is one of the two slots of FILE-ckpt.
 type checkpoint struct {
 	epoch   uint64
+	n       uint64 // checkpoints in this epoch before this one
 	seq     uint64 // the last record the database file includes
 	segment int    // where the records after it start, at offset 0
 	metas   []byte // the file's first two pages as of the checkpoint
 }
 
+const ckptHead = len(ckptMagic) + 32
+
 func (c checkpoint) encode() []byte {
 	b := []byte(ckptMagic)
 	b = binary.LittleEndian.AppendUint64(b, c.epoch)
+	b = binary.LittleEndian.AppendUint64(b, c.n)
 	b = binary.LittleEndian.AppendUint64(b, c.seq)
 	b = binary.LittleEndian.AppendUint32(b, uint32(c.segment))
 	b = binary.LittleEndian.AppendUint32(b, uint32(len(c.metas)))
@@ -233,8 +237,7 @@ func (c checkpoint) encode() []byte {
 var errBadCheckpoint = errors.New("damaged checkpoint file")
 
 func decodeCheckpoint(b []byte) (checkpoint, error) {
-	const head = len(ckptMagic) + 24
-	if len(b) < head+4 || string(b[:len(ckptMagic)]) != ckptMagic {
+	if len(b) < ckptHead+4 || string(b[:len(ckptMagic)]) != ckptMagic {
 		return checkpoint{}, fmt.Errorf("%w: not a checkpoint", errBadCheckpoint)
 	}
 	body, sum := b[:len(b)-4], binary.LittleEndian.Uint32(b[len(b)-4:])
@@ -244,27 +247,58 @@ func decodeCheckpoint(b []byte) (checkpoint, error) {
 	p := b[len(ckptMagic):]
 	c := checkpoint{
 		epoch:   binary.LittleEndian.Uint64(p[0:]),
-		seq:     binary.LittleEndian.Uint64(p[8:]),
-		segment: int(binary.LittleEndian.Uint32(p[16:])),
+		n:       binary.LittleEndian.Uint64(p[8:]),
+		seq:     binary.LittleEndian.Uint64(p[16:]),
+		segment: int(binary.LittleEndian.Uint32(p[24:])),
 	}
-	n := int(binary.LittleEndian.Uint32(p[20:]))
-	if c.segment > 1 || n != len(body)-head || n == 0 || n%2 != 0 {
+	n := int(binary.LittleEndian.Uint32(p[28:]))
+	if c.segment > 1 || n != len(body)-ckptHead || n == 0 || n%2 != 0 {
 		return checkpoint{}, fmt.Errorf("%w: bad layout", errBadCheckpoint)
 	}
-	c.metas = body[head:]
+	c.metas = body[ckptHead:]
 	return c, nil
 }
 
-// writeCheckpoint replaces FILE-ckpt with c, durably.
-func writeCheckpoint(db string, c checkpoint) error {
-	tmp := checkpointPath(db) + ".tmp"
-	if err := writeFileSync(tmp, c.encode()); err != nil {
+// decodeCheckpoints returns the newest intact slot of a checkpoint file.
+// A slot torn by a crash while it was written fails its checksum, and the
+// other one, still pinned then, is used.
+func decodeCheckpoints(b []byte) (checkpoint, error) {
+	half := len(b) / 2
+	c0, err0 := decodeCheckpoint(b[:half])
+	c1, err1 := decodeCheckpoint(b[half:])
+	switch {
+	case err0 != nil && err1 != nil:
+		return checkpoint{}, err0
+	case err1 != nil || err0 == nil && c0.n > c1.n:
+		return c0, nil
+	default:
+		return c1, nil
+	}
+}
+
+// writeCheckpoint makes c durable in FILE-ckpt. The first of an epoch
+// creates the file with c in one slot and zeros in the other; later ones
+// overwrite the older slot in place (f, kept open), which costs one
+// fdatasync and no file-system metadata.
+func writeCheckpoint(db string, f *os.File, c checkpoint) error {
+	enc := c.encode()
+	if c.n == 0 {
+		tmp := checkpointPath(db) + ".tmp"
+		if err := writeFileSync(tmp, append(enc, make([]byte, len(enc))...)); err != nil {
+			return fmt.Errorf("write checkpoint: %w", err)
+		}
+		if err := os.Rename(tmp, checkpointPath(db)); err != nil {
+			return fmt.Errorf("write checkpoint: %w", err)
+		}
+		return syncDir(filepath.Dir(db))
+	}
+	if _, err := f.WriteAt(enc, int64(c.n%2)*int64(len(enc))); err != nil {
 		return fmt.Errorf("write checkpoint: %w", err)
 	}
-	if err := os.Rename(tmp, checkpointPath(db)); err != nil {
+	if err := fdatasync(f); err != nil {
 		return fmt.Errorf("write checkpoint: %w", err)
 	}
-	return syncDir(filepath.Dir(db))
+	return nil
 }
 
 func writeFileSync(path string, data []byte) error {
@@ -324,7 +358,7 @@ func recoverLog(db string) ([][]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("recover: %w", err)
 	}
-	c, err := decodeCheckpoint(data)
+	c, err := decodeCheckpoints(data)
 	if err != nil {
 		return nil, fmt.Errorf("recover: %s: %w", checkpointPath(db), err)
 	}

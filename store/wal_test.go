@@ -432,15 +432,29 @@ func TestRedoRoundTrip(t *testing.T) {
 }
 
 func TestCheckpointEncoding(t *testing.T) {
-	c := checkpoint{epoch: 42, seq: 7, segment: 1, metas: bytes.Repeat([]byte{1, 2}, 4096)}
+	c := checkpoint{epoch: 42, n: 3, seq: 7, segment: 1, metas: bytes.Repeat([]byte{1, 2}, 4096)}
 	got, err := decodeCheckpoint(c.encode())
-	if err != nil || got.epoch != 42 || got.seq != 7 || got.segment != 1 || !bytes.Equal(got.metas, c.metas) {
+	if err != nil || got.epoch != 42 || got.n != 3 || got.seq != 7 || got.segment != 1 || !bytes.Equal(got.metas, c.metas) {
 		t.Fatalf("round trip = %+v, %v", got, err)
 	}
 	enc := c.encode()
 	enc[20] ^= 1
 	if _, err := decodeCheckpoint(enc); err == nil {
 		t.Fatal("a flipped bit went unnoticed")
+	}
+	// Two slots: the newer intact one wins; a torn newer one loses.
+	older, newer := c, c
+	older.n, newer.n = 2, 3
+	file := append(newer.encode(), older.encode()...)
+	if got, err := decodeCheckpoints(file); err != nil || got.n != 3 {
+		t.Fatalf("newest of two = %d, %v; want 3", got.n, err)
+	}
+	file[10] ^= 1
+	if got, err := decodeCheckpoints(file); err != nil || got.n != 2 {
+		t.Fatalf("with the newer slot torn = %d, %v; want 2", got.n, err)
+	}
+	if _, err := decodeCheckpoints(make([]byte, len(file))); err == nil {
+		t.Fatal("two zeroed slots decoded")
 	}
 }
 
@@ -479,7 +493,7 @@ func FuzzReadLog(f *testing.F) {
 	f.Add(append(appendRecord(nil, 1, 1, []byte("a")), appendRecord(nil, 1, 2, nil)...), uint64(0))
 	f.Add(checkpoint{epoch: 1, metas: make([]byte, 64)}.encode(), uint64(1))
 	f.Fuzz(func(t *testing.T, data []byte, seq uint64) {
-		decodeCheckpoint(data)
+		decodeCheckpoints(data)
 		half := len(data) / 2
 		segs := [2]io.ReaderAt{bytes.NewReader(data[:half]), bytes.NewReader(data[half:])}
 		for _, rec := range readLog(segs, int64(half), 1, seq, 0) {
