@@ -202,7 +202,7 @@ func openBolt(path string, timeout time.Duration) (db *bolt.DB, err error) {
 			err = fmt.Errorf("the database file is damaged (%v); restore a backup (see README)", p)
 		}
 	}()
-	return bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout, FreelistType: bolt.FreelistMapType, InitialMmapSize: mmapLimit})
+	return bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout, FreelistType: bolt.FreelistArrayType, InitialMmapSize: mmapLimit})
 }
 
 // Replayed returns how many logged transactions Open replayed because the
