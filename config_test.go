@@ -55,3 +55,22 @@ func TestInvalidConfigNamesTheKey(t *testing.T) {
 		})
 	}
 }
+
+func TestGCTarget(t *testing.T) {
+	for _, c := range []struct {
+		percent int
+		live    uint64
+		want    int
+	}{
+		{40, 0, 800},          // no collection yet: as if 4 MB were live
+		{40, 8 << 20, 400},    // small heap: 32 MB of room
+		{40, 80 << 20, 40},    // exactly 32 MB at 40%
+		{40, 200 << 20, 40},   // a large directory: gc_percent
+		{200, 8 << 20, 400},   // gc_percent already gives the room
+		{1000, 1 << 20, 1000}, // and more
+	} {
+		if got := gcTarget(c.percent, c.live); got != c.want {
+			t.Errorf("gcTarget(%d, %d MB) = %d; want %d", c.percent, c.live>>20, got, c.want)
+		}
+	}
+}

@@ -17,6 +17,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
+	"runtime/metrics"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -304,9 +305,7 @@ type app struct {
 // port is a start-up error.
 func start(ctx context.Context, cfg *Config, stdout, stderr io.Writer) (_ *app, err error) {
 	log := newLogger(cfg, stderr)
-	// The LDAP directory is a large, long-lived heap: a lower GC target keeps
-	// the resident size near it at a small CPU cost.
-	debug.SetGCPercent(cfg.GCPercent)
+	tuneGC(cfg.GCPercent)
 	a := &app{cfg: cfg, log: log, errc: make(chan error, 8)}
 	st, err := openStore(cfg.DataDir)
 	if err != nil {
@@ -420,6 +419,18 @@ func start(ctx context.Context, cfg *Config, stdout, stderr io.Writer) (_ *app, 
 		}(l.ldaps)
 	}
 	a.ldap.Preload(backCtx)
+	go func() {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-backCtx.Done():
+				return
+			case <-t.C:
+				tuneGC(cfg.GCPercent)
+			}
+		}
+	}()
 
 	if a.stopAdmin, err = serveAdmin(backCtx, adm, adminSocket(cfg.DataDir), log); err != nil {
 		return nil, err
@@ -446,6 +457,35 @@ func (a *app) wait(ctx context.Context) error {
 	}
 	a.shutdown()
 	return err
+}
+
+// gcHeadroom is the least garbage the heap may gather between
+// collections, whatever gc_percent says.
+const gcHeadroom = 32 << 20
+
+// tuneGC sets the collector's target from gc_percent and the live heap.
+// The LDAP directory is a large, long-lived heap: gc_percent keeps the
+// resident size near it. A small heap (few users) would be collected after
+// every few requests at that percent, so the target never leaves less than
+// gcHeadroom of room. It runs every second, as the live heap changes.
+func tuneGC(percent int) {
+	s := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	metrics.Read(s)
+	var live uint64
+	if s[0].Value.Kind() == metrics.KindUint64 {
+		live = s[0].Value.Uint64()
+	}
+	debug.SetGCPercent(gcTarget(percent, live))
+}
+
+// gcTarget is the GOGC value that lets a heap of live bytes grow by
+// percent, and by at least gcHeadroom.
+func gcTarget(percent int, live uint64) int {
+	live = max(live, 4<<20) // before the first collection: the runtime's own floor
+	if uint64(percent)*live/100 >= gcHeadroom {
+		return percent
+	}
+	return int(100 * gcHeadroom / live)
 }
 
 // shutdown stops accepting, lets in-flight SCIM requests (and their store
