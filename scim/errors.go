@@ -83,6 +83,9 @@ func (h *Handler) toError(err error) *Error {
 		return errorf(http.StatusBadRequest, "invalidValue", "%s", invalidDetail(err))
 	case errors.Is(err, store.ErrNotFound):
 		return errorf(http.StatusNotFound, "", "resource not found")
+	case errors.Is(err, store.ErrUnavailable), errors.Is(err, store.ErrClosed):
+		h.log.Error("write refused", "err", err)
+		return errorf(http.StatusServiceUnavailable, "", "the appliance cannot store writes until it is restarted; its log says why")
 	case errors.Is(err, context.DeadlineExceeded):
 		return errorf(http.StatusServiceUnavailable, "", "the request took too long; retry it")
 	case errors.Is(err, context.Canceled):

@@ -103,10 +103,16 @@ func (s *Store) endSession() error {
 	close(s.stopSync) // the caller holds the writer role: nothing more is queued
 	<-s.syncDone
 	s.waitCheckpoint()
-	err := s.db.Sync()
+	err := s.refused()
+	if err == nil {
+		err = s.db.Sync()
+	}
 	if err == nil {
 		err = s.noLog(s.db.Path())
 	}
+	// After a failure the file may hold transactions that were answered
+	// with an error: the checkpoint and the log stay, and the next start
+	// recovers the last durable state from them.
 	s.ckmu.Lock()
 	if s.pin != nil {
 		s.pin.Rollback()
@@ -300,7 +306,7 @@ func (s *Store) fail(err error) error {
 
 func (s *Store) failLocked(err error) error {
 	if s.broken == nil {
-		s.broken = fmt.Errorf("store: the write-ahead log failed, so writes are refused until the appliance restarts: %w", err)
+		s.broken = fmt.Errorf("%w: the write-ahead log failed, so writes are refused until the appliance restarts: %w", ErrUnavailable, err)
 	}
 	return s.broken
 }

@@ -43,6 +43,9 @@ var (
 	ErrInvalid = errors.New("invalid")
 	// ErrClosed is returned by writes after Close.
 	ErrClosed = errors.New("store closed")
+	// ErrUnavailable is returned by writes after the write-ahead log or a
+	// checkpoint failed: none is accepted until a restart recovers.
+	ErrUnavailable = errors.New("store unavailable")
 )
 
 // ConflictError says which unique attribute collided and which resource

@@ -503,3 +503,35 @@ func FuzzReadLog(f *testing.F) {
 		}
 	})
 }
+
+// TestLogFailureRefusesWritesAndRecovers: a write whose record cannot be
+// logged is answered with an error, later writes are refused, and the next
+// start recovers the last durable state, without the failed write.
+func TestLogFailureRefusesWritesAndRecovers(t *testing.T) {
+	logSettings(t, 1<<20, time.Hour, time.Hour)
+	s, path := openTest(t)
+	provision(t, s, "a", 10)
+	want := directory(t, s)
+	asWriter(s, func() { s.log.seg[s.log.active].Close() }) // the next record cannot be written
+	ctx := context.Background()
+	if _, err := s.CreateUser(ctx, "acme", User{UserName: "lost@contoso.com"}); err == nil || !strings.Contains(err.Error(), "write-ahead log failed") {
+		t.Fatalf("write with a broken log: %v; want the log failure", err)
+	}
+	if _, err := s.CreateUser(ctx, "acme", User{UserName: "later@contoso.com"}); err == nil || !strings.Contains(err.Error(), "until the appliance restarts") {
+		t.Fatalf("write after the failure: %v; want a refusal", err)
+	}
+	if err := s.Close(); err == nil {
+		t.Fatal("Close after a log failure reported no error")
+	}
+	if _, err := os.Stat(checkpointPath(path)); err != nil {
+		t.Fatalf("the checkpoint must stay after a failure: %v", err)
+	}
+	c, err := Open(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if got := directory(t, c); !slices.Equal(got, want) {
+		t.Fatalf("after recovery %v; want %v", got, want)
+	}
+}
