@@ -4,8 +4,12 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime"
+	"runtime/debug"
+	"runtime/metrics"
 	"strings"
 	"testing"
+	"time"
 )
 
 // The shipped appliance.toml documents the defaults: decoding it must give
@@ -72,5 +76,40 @@ func TestGCTarget(t *testing.T) {
 		if got := gcTarget(c.percent, c.live); got != c.want {
 			t.Errorf("gcTarget(%d, %d MB) = %d; want %d", c.percent, c.live>>20, got, c.want)
 		}
+	}
+}
+
+// TestGCTunedEachCycle: after each collection the target follows the live
+// heap: gc_percent for a large one, more room for a small one.
+func TestGCTunedEachCycle(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(100))
+	stop := tuneGCEachCycle(40)
+	defer stop()
+	gogc := func() uint64 {
+		s := []metrics.Sample{{Name: "/gc/gogc:percent"}}
+		metrics.Read(s)
+		return s[0].Value.Uint64()
+	}
+	settle := func(want func(uint64) bool) uint64 {
+		for range 50 {
+			runtime.GC()
+			time.Sleep(10 * time.Millisecond) // the finalizer runs after the cycle
+			if g := gogc(); want(g) {
+				return g
+			}
+		}
+		return gogc()
+	}
+	big := make([]*[1 << 20]byte, 200) // 200 MB live
+	for i := range big {
+		big[i] = new([1 << 20]byte)
+	}
+	if g := settle(func(g uint64) bool { return g == 40 }); g != 40 {
+		t.Errorf("GOGC with 200 MB live = %d; want gc_percent, 40", g)
+	}
+	runtime.KeepAlive(big)
+	big = nil
+	if g := settle(func(g uint64) bool { return g > 100 }); g <= 100 {
+		t.Errorf("GOGC with a small live heap = %d; want room for 32 MB", g)
 	}
 }

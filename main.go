@@ -16,9 +16,11 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -305,7 +307,7 @@ type app struct {
 // port is a start-up error.
 func start(ctx context.Context, cfg *Config, stdout, stderr io.Writer) (_ *app, err error) {
 	log := newLogger(cfg, stderr)
-	tuneGC(cfg.GCPercent)
+	tuneGCEachCycle(cfg.GCPercent)
 	a := &app{cfg: cfg, log: log, errc: make(chan error, 8)}
 	st, err := openStore(cfg.DataDir)
 	if err != nil {
@@ -419,18 +421,6 @@ func start(ctx context.Context, cfg *Config, stdout, stderr io.Writer) (_ *app, 
 		}(l.ldaps)
 	}
 	a.ldap.Preload(backCtx)
-	go func() {
-		t := time.NewTicker(time.Second)
-		defer t.Stop()
-		for {
-			select {
-			case <-backCtx.Done():
-				return
-			case <-t.C:
-				tuneGC(cfg.GCPercent)
-			}
-		}
-	}()
 
 	if a.stopAdmin, err = serveAdmin(backCtx, adm, adminSocket(cfg.DataDir), log); err != nil {
 		return nil, err
@@ -463,11 +453,32 @@ func (a *app) wait(ctx context.Context) error {
 // collections, whatever gc_percent says.
 const gcHeadroom = 32 << 20
 
+// tuneGCEachCycle sets the collector's target now and again after every
+// collection (from a finalizer, which runs once per cycle), from
+// gc_percent and the live heap the cycle found. The LDAP directory is a
+// large, long-lived heap: gc_percent keeps the resident size near it. A
+// small heap (few users) would be collected after every few requests at
+// that percent, so the target never leaves less than gcHeadroom of room.
+// Set per cycle, the room never outlives the heap size it was made for.
+// The returned func stops it (for tests; the appliance never does).
+func tuneGCEachCycle(percent int) (stop func()) {
+	tuneGC(percent)
+	var stopped atomic.Bool
+	type sentinel struct{ _ [16]byte }
+	var arm func()
+	arm = func() {
+		runtime.SetFinalizer(&sentinel{}, func(*sentinel) {
+			if !stopped.Load() {
+				tuneGC(percent)
+				arm()
+			}
+		})
+	}
+	arm()
+	return func() { stopped.Store(true) }
+}
+
 // tuneGC sets the collector's target from gc_percent and the live heap.
-// The LDAP directory is a large, long-lived heap: gc_percent keeps the
-// resident size near it. A small heap (few users) would be collected after
-// every few requests at that percent, so the target never leaves less than
-// gcHeadroom of room. It runs every second, as the live heap changes.
 func tuneGC(percent int) {
 	s := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
 	metrics.Read(s)

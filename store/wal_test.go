@@ -119,6 +119,25 @@ func directory(t *testing.T, s *Store) []string {
 	return out
 }
 
+// reopen opens the store at path, to be closed when the test ends.
+func reopen(t *testing.T, path string) *Store {
+	t.Helper()
+	c, err := Open(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// sameDirectory fails the test unless c holds exactly the users in want.
+func sameDirectory(t *testing.T, c *Store, want []string, when string) {
+	t.Helper()
+	if got := directory(t, c); !slices.Equal(got, want) {
+		t.Fatalf("%s: %d users; want %d", when, len(got), len(want))
+	}
+}
+
 // churn deletes every fifth user and gives every third one a title.
 func churn(t *testing.T, s *Store, users []User) {
 	t.Helper()
@@ -268,14 +287,7 @@ func TestTornLogTailIsIgnored(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.Close()
-	c, err := Open(copyPath, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if got := directory(t, c); !slices.Equal(got, want) {
-		t.Fatalf("after a torn tail %d users; want the %d before it", len(got), len(want))
-	}
+	sameDirectory(t, reopen(t, copyPath), want, "after a torn tail")
 }
 
 func TestFullSegmentIsCoveredByACheckpoint(t *testing.T) {
@@ -293,14 +305,7 @@ func TestFullSegmentIsCoveredByACheckpoint(t *testing.T) {
 	if s.checkpoints.Load() < 3 {
 		t.Fatalf("%d checkpoints; the small segments should have forced several", s.checkpoints.Load())
 	}
-	c, err := Open(crashCopy(t, s, t.TempDir()), Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if got := directory(t, c); !slices.Equal(got, want) {
-		t.Fatalf("after recovery %d users; want %d", len(got), len(want))
-	}
+	sameDirectory(t, reopen(t, crashCopy(t, s, t.TempDir())), want, "after recovery")
 }
 
 func TestRestoredOlderFileIsRefused(t *testing.T) {
@@ -382,14 +387,7 @@ func TestLargeDatabaseCommitsWithoutTheLog(t *testing.T) {
 		t.Fatalf("checkpoint file without a log: %v", err)
 	}
 	want := directory(t, s)
-	c, err := Open(crashCopyDB(t, s), Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if got := directory(t, c); !slices.Equal(got, want) {
-		t.Fatalf("%d users; want %d", len(got), len(want))
-	}
+	sameDirectory(t, reopen(t, crashCopyDB(t, s)), want, "after a crash without the log")
 }
 
 // crashCopyDB copies only the database file, all there is without a log.
@@ -526,12 +524,5 @@ func TestLogFailureRefusesWritesAndRecovers(t *testing.T) {
 	if _, err := os.Stat(checkpointPath(path)); err != nil {
 		t.Fatalf("the checkpoint must stay after a failure: %v", err)
 	}
-	c, err := Open(path, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if got := directory(t, c); !slices.Equal(got, want) {
-		t.Fatalf("after recovery %v; want %v", got, want)
-	}
+	sameDirectory(t, reopen(t, path), want, "after recovery")
 }
