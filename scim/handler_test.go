@@ -111,3 +111,18 @@ func TestPanicBecomesA500ForThatRequestOnly(t *testing.T) {
 		t.Fatalf("server after a panic: %v", err)
 	}
 }
+
+// TestWritesRefusedByTheStoreGet503: when the store accepts no writes (it
+// is closed, or its log failed), a write is answered 503 with a SCIM error
+// body, not a bare 500.
+func TestWritesRefusedByTheStoreGet503(t *testing.T) {
+	env := newTestEnv(t, DefaultConfig())
+	if st, _, body := env.do(t, "GET", "/Users", nil, nil); st != 200 { // caches the tenant
+		t.Fatalf("list: %d %s", st, body)
+	}
+	env.st.Close()
+	st, _, body := env.do(t, "POST", "/Users", []byte(`{"userName":"late@contoso.com"}`), nil)
+	if st != 503 || !bytes.Contains(body, []byte(`"status":"503"`)) || !bytes.Contains(body, []byte("restarted")) {
+		t.Fatalf("write to a closed store: %d %s; want a SCIM 503 saying to restart", st, body)
+	}
+}
