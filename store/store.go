@@ -5,8 +5,8 @@
 // Every exported method takes a context, opens exactly one transaction and
 // composes unexported helpers. Writes return only after their transaction
 // is durable: committed, and its redo record synced to the write-ahead log
-// (wal.go). Concurrent writers are grouped into one transaction, and one
-// log sync serves every record written while the previous sync ran.
+// (wal.go). Concurrent writers are grouped into one transaction, and so
+// share one record and one log sync.
 package store
 
 import (
@@ -111,12 +111,6 @@ type Store struct {
 	pin            *bolt.Tx      // read transaction at the last durable checkpoint
 	ckRunning      chan struct{} // closed when the running checkpoint ends
 	broken         error         // a failed log write or checkpoint
-	syncMu         sync.Mutex
-	syncQueue      []syncItem // records written, waiting for their sync
-	syncWake       chan struct{}
-	syncTaken      *sync.Cond // on syncMu: the syncer took the queue
-	stopSync       chan struct{}
-	syncDone       chan struct{}
 
 	// inflight is held shared by every write method from its start until
 	// its watchers have been told, and exclusively by Quiesce.
@@ -361,7 +355,6 @@ func (s *Store) update(ctx context.Context, fn func(wtx) error) error {
 // commitLoop commits queued writes in groups until the queue is empty.
 func (s *Store) commitLoop() {
 	for {
-		s.awaitSyncStart()
 		s.qmu.Lock()
 		group := s.queue
 		s.queue = nil
@@ -431,9 +424,9 @@ func (s *Store) commitGroup(group []*pendingWrite) {
 type CommitStats struct {
 	Commits     int64         // write transactions, retries after a failed writer included
 	Writes      int64         // writer functions they ran
-	Busy        time.Duration // time inside commits: running writers, writing pages and records
-	Logging     time.Duration // time syncing the log, meanwhile
-	Syncs       int64         // log syncs, each making every record written before it durable
+	Busy        time.Duration // time inside commits: running writers, writing pages, logging
+	Logging     time.Duration // of which syncing the log
+	Syncs       int64         // log syncs
 	Pages       int64         // pages allocated by write transactions
 	Checkpoints int64
 }

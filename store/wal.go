@@ -25,8 +25,7 @@ import (
 // store instead commits with bbolt's NoSync and makes each group commit
 // durable with one record appended to a preallocated log file and one
 // fdatasync. The record is the redo log of the transaction (redo.go): what
-// it put and deleted, bucket by bucket. A separate goroutine syncs (session.go)
-// while the committer runs the next group's transaction.
+// it put and deleted, bucket by bucket.
 //
 // A checkpoint makes the database file itself durable up to a transaction
 // T: it syncs the file and saves T's two meta pages in FILE-ckpt, with the
