@@ -111,13 +111,18 @@ func (e *FilterError) Error() string { return fmt.Sprintf("at position %d: %s", 
 // stack.
 const maxFilterDepth = 64
 
+// maxFilterLen bounds the filter a request may send.
+const maxFilterLen = 8192
+
 // ParseFilter parses a SCIM filter. Beyond the RFC it accepts what Entra ID
 // sends: unquoted values (externalId eq jyoung), operators and attribute
 // names in any case, and emails[type eq "work"].value eq "x".
+//
+// Its work is linear in the length of s and its nesting is bounded; the
+// size of a filter a request may send is the caller's limit (maxFilterLen),
+// not the parser's, so that a filter's canonical String(), whose escapes
+// may make it longer than what was sent, always parses again.
 func ParseFilter(s string) (Filter, error) {
-	if len(s) > 8192 {
-		return nil, &FilterError{0, "filter is longer than 8192 bytes"}
-	}
 	if !utf8.ValidString(s) {
 		return nil, &FilterError{0, "filter is not valid UTF-8"}
 	}

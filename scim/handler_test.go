@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -124,5 +125,20 @@ func TestWritesRefusedByTheStoreGet503(t *testing.T) {
 	st, _, body := env.do(t, "POST", "/Users", []byte(`{"userName":"late@contoso.com"}`), nil)
 	if st != 503 || !bytes.Contains(body, []byte(`"status":"503"`)) || !bytes.Contains(body, []byte("restarted")) {
 		t.Fatalf("write to a closed store: %d %s; want a SCIM 503 saying to restart", st, body)
+	}
+}
+
+// TestOverlongFilterIsRefused: a request's filter is limited to
+// maxFilterLen bytes, with a SCIM invalidFilter error.
+func TestOverlongFilterIsRefused(t *testing.T) {
+	env := newTestEnv(t, DefaultConfig())
+	long := `userName eq "` + strings.Repeat("a", maxFilterLen) + `"`
+	st, _, body := env.do(t, "GET", "/Users?filter="+url.QueryEscape(long), nil, nil)
+	if st != 400 || !bytes.Contains(body, []byte(`"scimType":"invalidFilter"`)) || !bytes.Contains(body, []byte("longer than 8192 bytes")) {
+		t.Fatalf("overlong filter: %d %s; want 400 invalidFilter naming the limit", st, body)
+	}
+	fits := `userName eq "` + strings.Repeat("a", maxFilterLen-20) + `"`
+	if st, _, body := env.do(t, "GET", "/Users?filter="+url.QueryEscape(fits), nil, nil); st != 200 {
+		t.Fatalf("filter within the limit: %d %s", st, body)
 	}
 }

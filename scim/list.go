@@ -1,6 +1,7 @@
 package scim
 
 import (
+	"fmt"
 	"net/http"
 	"net/url"
 	"sort"
@@ -83,6 +84,9 @@ func (h *Handler) parseList(r *http.Request) (listQuery, error) {
 	q := r.URL.Query()
 	lq := listQuery{startIndex: 1, count: h.cfg.DefaultCount}
 	if f := strings.TrimSpace(q.Get("filter")); f != "" {
+		if len(f) > maxFilterLen {
+			return lq, &FilterError{0, fmt.Sprintf("filter is longer than %d bytes", maxFilterLen)}
+		}
 		parsed, err := ParseFilter(f)
 		if err != nil {
 			return lq, err

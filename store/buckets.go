@@ -120,9 +120,9 @@ func tenantBucket(tx *bolt.Tx, t string) (*bolt.Bucket, error) {
 
 // tenantBucketW is tenantBucket in a write transaction.
 func tenantBucketW(w wtx, t string) (bucket, error) {
-	b := w.Bucket(bucketTenants).Bucket([]byte(strings.ToLower(t)))
-	if !b.exists() {
-		return bucket{}, fmt.Errorf("tenant %q: %w", t, ErrNotFound)
+	b, err := tenantBucket(w.tx, t)
+	if err != nil {
+		return bucket{}, err
 	}
-	return b, nil
+	return bucket{b: b, path: [][]byte{bucketTenants, []byte(strings.ToLower(t))}, log: w.log}, nil
 }

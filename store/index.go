@@ -171,13 +171,15 @@ func indexedValues(u *User) [][]string {
 }
 
 // indexUser checks uniqueness of u's indexed values against other records,
-// removes the entries of the values indexed before (old, from
-// indexedValues; nil for a new user) and adds u's.
-func indexUser(tb bucket, u *User, old [][]string, rules Rules) error {
+// removes the entries of the values indexed before and adds the new ones.
+// Both come from indexedValues, computed before the write transaction so
+// that the single committer does not: vals are user id's values now, old
+// those it had (nil for a new user).
+func indexUser(tb bucket, id string, vals, old [][]string, rules Rules) error {
 	kp := keyBufs.Get().(*[]byte)
 	defer keyBufs.Put(kp)
 	for i, ix := range userIndexes {
-		vals := ix.values(u)
+		vals := vals[i]
 		if old != nil && equalStrings(vals, old[i]) {
 			continue // unchanged: nothing to check or rewrite
 		}
@@ -190,20 +192,20 @@ func indexUser(tb bucket, u *User, old [][]string, rules Rules) error {
 				return err
 			}
 			if ix.unique(rules) {
-				if h := holder(b.raw(), v, u.ID); h != "" {
+				if h := holder(b.raw(), v, id); h != "" {
 					return &ConflictError{Attribute: ix.attr, Value: v, HolderID: h}
 				}
 			}
 		}
 		if old != nil {
 			for _, v := range old[i] {
-				if err := b.Delete(indexKey(*kp, v, u.ID)); err != nil {
+				if err := b.Delete(indexKey(*kp, v, id)); err != nil {
 					return err
 				}
 			}
 		}
 		for _, v := range vals {
-			*kp = indexKey(*kp, v, u.ID)
+			*kp = indexKey(*kp, v, id)
 			if err := b.Put(*kp, nil); err != nil {
 				return err
 			}

@@ -27,7 +27,15 @@ const (
 )
 
 // redo accumulates one transaction's operations.
-type redo struct{ buf []byte }
+type redo struct {
+	buf     []byte
+	stamped []string // tenants whose version stamp the transaction wrote
+}
+
+// reset empties r for the next transaction (or attempt of one).
+func (r *redo) reset() {
+	r.buf, r.stamped = r.buf[:0], r.stamped[:0]
+}
 
 func (r *redo) add(op byte, path [][]byte, key, value []byte) {
 	r.buf = append(r.buf, op)

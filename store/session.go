@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"syscall"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 // The logging session: from Open to Close the committer appends to the
@@ -18,7 +20,7 @@ import (
 
 // startSession begins logging. The database file must be durable as it is:
 // freshly created, cleanly closed, migrated or recovered, all of which sync.
-func (s *Store) startSession() error {
+func (s *Store) startSession() (err error) {
 	path := s.db.Path()
 	if fileSize(path)+mmapMargin >= mmapLimit {
 		return s.noLog(path)
@@ -27,34 +29,35 @@ func (s *Store) startSession() error {
 	if err != nil {
 		return err
 	}
-	f, err := os.Open(path)
-	if err != nil {
-		closeAll(segs[:])
-		return fmt.Errorf("open log: %w", err)
+	var metaf, ckf *os.File
+	var pin *bolt.Tx
+	defer func() {
+		if err != nil {
+			closeAll(append(segs[:], metaf, ckf))
+			if pin != nil {
+				pin.Rollback()
+			}
+			err = fmt.Errorf("open log: %w", err)
+		}
+	}()
+	if metaf, err = os.Open(path); err != nil {
+		return err
 	}
-	metas, err := readMetas(f, s.db.Info().PageSize)
-	if err == nil {
-		s.pin, err = s.db.Begin(false)
-	}
+	metas, err := readMetas(metaf, s.db.Info().PageSize)
 	if err != nil {
-		f.Close()
-		closeAll(segs[:])
-		return fmt.Errorf("open log: %w", err)
+		return err
+	}
+	if pin, err = s.db.Begin(false); err != nil {
+		return err
 	}
 	w := &wal{seg: segs, epoch: newEpoch()}
-	err = writeCheckpoint(path, nil, checkpoint{epoch: w.epoch, segment: 0, metas: metas})
-	var ckf *os.File
-	if err == nil {
-		ckf, err = os.OpenFile(checkpointPath(path), os.O_RDWR, 0)
+	if err = writeCheckpoint(path, nil, checkpoint{epoch: w.epoch, segment: 0, metas: metas}); err != nil {
+		return err
 	}
-	if err != nil {
-		s.pin.Rollback()
-		s.pin = nil
-		f.Close()
-		closeAll(segs[:])
-		return fmt.Errorf("open log: %w", err)
+	if ckf, err = os.OpenFile(checkpointPath(path), os.O_RDWR, 0); err != nil {
+		return err
 	}
-	s.log, s.metaf, s.ckf, s.ckptN = w, f, ckf, 0
+	s.log, s.metaf, s.ckf, s.ckptN, s.pin = w, metaf, ckf, 0, pin
 	s.db.NoSync = true
 	s.stopIdle, s.idleDone = make(chan struct{}), make(chan struct{})
 	go s.idleCheckpoints(s.stopIdle, s.idleDone)
@@ -127,13 +130,8 @@ func (s *Store) endSession() error {
 // overlapping the next commit measured no faster, because the hand-offs
 // between goroutines cost what the overlap saved.
 func (s *Store) durable(payload []byte, group []*pendingWrite) {
-	answer := func(err error) {
-		for _, w := range group {
-			w.done <- err
-		}
-	}
 	if s.log == nil {
-		answer(nil) // the commit synced the file
+		answer(group, nil) // the commit synced the file
 		return
 	}
 	w := s.log
@@ -141,7 +139,7 @@ func (s *Store) durable(payload []byte, group []*pendingWrite) {
 		// No room left: a checkpoint covers this transaction instead of
 		// a record, which therefore never exists.
 		w.seq++
-		answer(s.checkpoint(true))
+		answer(group, s.checkpoint(true))
 		return
 	}
 	f, err := w.write(payload)
@@ -154,10 +152,10 @@ func (s *Store) durable(payload []byte, group []*pendingWrite) {
 		s.logging.Add(int64(time.Since(began)))
 	}
 	if err != nil {
-		answer(s.fail(err))
+		answer(group, s.fail(err))
 		return
 	}
-	answer(nil)
+	answer(group, nil)
 	s.dirty, s.logged = true, time.Now()
 	if (w.off >= walCheckpointAt || time.Since(s.lastCheckpoint) >= walCheckpointEvery) && !s.checkpointRunning() {
 		s.checkpoint(false) // a failure refuses later writes, not these

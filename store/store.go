@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -128,6 +129,13 @@ type pendingWrite struct {
 	done chan error
 }
 
+// answer gives every writer of group the outcome err.
+func answer(group []*pendingWrite, err error) {
+	for _, w := range group {
+		w.done <- err
+	}
+}
+
 // Change describes one committed write, for in-memory views (the LDAP
 // directory) that must follow the store.
 type Change struct {
@@ -207,9 +215,19 @@ func openBolt(path string, timeout time.Duration) (db *bolt.DB, err error) {
 func (s *Store) Replayed() int { return s.replayed }
 
 // stamp records in tenant bucket tb that this transaction changes the
-// tenant's users or groups. Every write method that does calls it.
+// tenant's users or groups. Every write method that does calls it; the
+// stamp is written once per tenant and transaction, however many writers
+// of the group call it.
 func (s *Store) stamp(w wtx, tb bucket) error {
-	return tb.Put(keyStamp, []byte(s.session+"/"+strconv.Itoa(w.ID())))
+	name := string(tb.path[len(tb.path)-1])
+	if slices.Contains(w.log.stamped, name) {
+		return nil
+	}
+	if err := tb.Put(keyStamp, []byte(s.session+"/"+strconv.Itoa(w.ID()))); err != nil {
+		return err
+	}
+	w.log.stamped = append(w.log.stamped, name)
+	return nil
 }
 
 // Version returns a string that changes with every committed write, for
@@ -327,9 +345,9 @@ func (s *Store) Backup(ctx context.Context, w io.Writer) (int64, error) {
 	return n, nil
 }
 
-// update runs fn in a write transaction and returns once it is committed
-// and synced. Writers that arrive while a commit is syncing are grouped
-// into the next transaction, so one fsync serves many of them without any
+// update runs fn in a write transaction and returns once it is durable
+// (see durable). Writers that arrive while a commit runs are grouped into
+// the next transaction, so one log sync serves many of them, without any
 // waiting when there is no concurrency (bbolt's Batch always waits its
 // delay). fn may run more than once and must depend only on the
 // transaction and on values computed before the call.
@@ -376,9 +394,7 @@ func (s *Store) commitGroup(group []*pendingWrite) {
 	began := time.Now()
 	defer func() { s.busy.Add(int64(time.Since(began))) }()
 	if err := s.refused(); err != nil {
-		for _, w := range group {
-			w.done <- err
-		}
+		answer(group, err)
 		return
 	}
 	if s.log != nil && s.size+mmapMargin >= mmapLimit {
@@ -390,7 +406,7 @@ func (s *Store) commitGroup(group []*pendingWrite) {
 		s.commits.Add(1)
 		s.writes.Add(int64(len(group)))
 		failed, ferr := -1, error(nil)
-		s.redo.buf = s.redo.buf[:0]
+		s.redo.reset()
 		err := s.db.Update(func(tx *bolt.Tx) error {
 			w := wtx{tx: tx, log: &s.redo}
 			for i, pw := range group {
@@ -407,9 +423,7 @@ func (s *Store) commitGroup(group []*pendingWrite) {
 			return
 		}
 		if failed < 0 { // the commit itself failed
-			for _, w := range group {
-				w.done <- err
-			}
+			answer(group, err)
 			return
 		}
 		group[failed].done <- ferr

@@ -36,8 +36,9 @@ func (s *Store) CreateUser(ctx context.Context, t string, u User) (User, error) 
 	if err != nil {
 		return User{}, fmt.Errorf("store: create user: encode: %w", err)
 	}
+	indexed := indexedValues(&u)
 	err = s.updateTenant(ctx, t, func(tb bucket) error {
-		if err := indexUser(tb, &u, nil, rules); err != nil {
+		if err := indexUser(tb, u.ID, indexed, nil, rules); err != nil {
 			return err
 		}
 		return tb.Bucket(bucketUsers).Put([]byte(u.ID), data)
@@ -120,6 +121,7 @@ func (s *Store) UpdateUser(ctx context.Context, t, id string, ifVersion uint64, 
 		if err != nil {
 			return User{}, fmt.Errorf("store: update user %q: encode: %w", id, err)
 		}
+		indexed := indexedValues(&u)
 		err = s.updateTenant(ctx, t, func(tb bucket) error {
 			cur := tb.Bucket(bucketUsers).Get([]byte(id))
 			if cur == nil {
@@ -128,7 +130,7 @@ func (s *Store) UpdateUser(ctx context.Context, t, id string, ifVersion uint64, 
 			if !bytes.Equal(cur, before) {
 				return errChanged
 			}
-			if err := indexUser(tb, &u, oldIndexed, rules); err != nil {
+			if err := indexUser(tb, id, indexed, oldIndexed, rules); err != nil {
 				return err
 			}
 			return tb.Bucket(bucketUsers).Put([]byte(id), data)
