@@ -300,6 +300,7 @@ type app struct {
 	ldapAddr   net.Addr
 	ldapsAddr  net.Addr
 	cancelBack context.CancelFunc
+	stopGC     func()
 }
 
 // start brings the appliance up: store, first-start tenant, TLS, SCIM,
@@ -307,8 +308,7 @@ type app struct {
 // port is a start-up error.
 func start(ctx context.Context, cfg *Config, stdout, stderr io.Writer) (_ *app, err error) {
 	log := newLogger(cfg, stderr)
-	tuneGCEachCycle(cfg.GCPercent)
-	a := &app{cfg: cfg, log: log, errc: make(chan error, 8)}
+	a := &app{cfg: cfg, log: log, errc: make(chan error, 8), stopGC: tuneGCEachCycle(cfg.GCPercent)}
 	st, err := openStore(cfg.DataDir)
 	if err != nil {
 		return nil, err
@@ -460,7 +460,7 @@ const gcHeadroom = 32 << 20
 // small heap (few users) would be collected after every few requests at
 // that percent, so the target never leaves less than gcHeadroom of room.
 // Set per cycle, the room never outlives the heap size it was made for.
-// The returned func stops it (for tests; the appliance never does).
+// The returned func stops it, at shutdown.
 func tuneGCEachCycle(percent int) (stop func()) {
 	tuneGC(percent)
 	var stopped atomic.Bool
@@ -526,4 +526,5 @@ func (a *app) shutdown() {
 			a.log.Error("closing the store failed", "err", err)
 		}
 	}
+	a.stopGC()
 }
