@@ -126,9 +126,9 @@ func (s *Store) endSession() error {
 
 // durable answers group, the writers of the transaction just committed
 // (whose redo log is payload), once it is durable: its record is written
-// and the log synced. The committer does this itself: a separate syncer
-// overlapping the next commit measured no faster, because the hand-offs
-// between goroutines cost what the overlap saved.
+// and the log synced (see wal.sync). The committer does this itself: a
+// separate syncer overlapping the next commit measured no faster, because
+// the hand-offs between goroutines cost what the overlap saved.
 func (s *Store) durable(payload []byte, group []*pendingWrite) {
 	if s.log == nil {
 		answer(group, nil) // the commit synced the file
@@ -145,7 +145,7 @@ func (s *Store) durable(payload []byte, group []*pendingWrite) {
 	f, err := w.write(payload)
 	if err == nil {
 		began := time.Now()
-		if err = fdatasync(f); err != nil {
+		if err = w.sync(f); err != nil {
 			err = fmt.Errorf("sync log: %w", err)
 		}
 		s.syncs.Add(1)

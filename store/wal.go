@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"syscall"
 	"time"
@@ -77,6 +78,8 @@ type wal struct {
 	epoch  uint64
 	seq    uint64 // last sequence number used
 	buf    []byte
+
+	syncAvg time.Duration // moving average of log sync times
 }
 
 func segmentPath(db string, i int) string { return fmt.Sprintf("%s-wal%d", db, i) }
@@ -156,6 +159,51 @@ func (w *wal) write(payload []byte) (*os.File, error) {
 	w.seq++
 	w.off += int64(len(w.buf))
 	return f, nil
+}
+
+// rawSyncLimit is the average log sync time up to which the committer
+// keeps its P through the sync (see sync).
+const rawSyncLimit = time.Millisecond
+
+// sync makes the log segment f durable.
+//
+// A blocking system call normally hands the goroutine's P to other
+// goroutines, and the goroutine queues for a P again when the call
+// returns. With two cores busy with requests that wait was most of the
+// log sync's cost: 290 µs a sync against 195 µs when the committer keeps
+// its P through the call (RawSyscall), and provisioning 15-25% faster,
+// measured in interleaved runs. Keeping the P is right only while syncs
+// are short, as on SSD and VM disks, because it also holds up the garbage
+// collector's stop-the-world phases: once the moving average of sync times
+// exceeds rawSyncLimit the ordinary call is used until it falls below
+// again. With a single P, which the call would take from every other
+// goroutine, the ordinary call is always used.
+func (w *wal) sync(f *os.File) error {
+	began := time.Now()
+	var err error
+	if w.syncAvg > rawSyncLimit || runtime.GOMAXPROCS(0) < 2 {
+		err = fdatasync(f)
+	} else {
+		err = rawFdatasync(f)
+	}
+	w.syncAvg += (time.Since(began) - w.syncAvg) / 8
+	return err
+}
+
+func rawFdatasync(f *os.File) error {
+	defer runtime.KeepAlive(f)
+	fd := f.Fd()
+	for {
+		_, _, e := syscall.RawSyscall(syscall.SYS_FDATASYNC, fd, 0, 0)
+		switch e {
+		case syscall.EINTR:
+			continue
+		case 0:
+			return nil
+		default:
+			return e
+		}
+	}
 }
 
 func appendRecord(b []byte, epoch, seq uint64, payload []byte) []byte {

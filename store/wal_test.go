@@ -526,3 +526,44 @@ func TestLogFailureRefusesWritesAndRecovers(t *testing.T) {
 	}
 	sameDirectory(t, reopen(t, path), want, "after recovery")
 }
+
+// TestLogSyncEitherWay checks both ways wal.sync syncs the log: keeping
+// the P while syncs are fast, the ordinary call once their average is
+// slow. Each must report a failed sync, and each feeds the average.
+func TestLogSyncEitherWay(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		avg    time.Duration
+		closed bool
+	}{
+		{"fast", 0, false},
+		{"slow", 10 * rawSyncLimit, false},
+		{"fast, failing", 0, true},
+		{"slow, failing", 10 * rawSyncLimit, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f, err := os.Create(filepath.Join(t.TempDir(), "seg"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			if _, err := f.Write([]byte("record")); err != nil {
+				t.Fatal(err)
+			}
+			if tc.closed {
+				f.Close()
+			}
+			w := &wal{syncAvg: tc.avg}
+			err = w.sync(f)
+			if tc.closed != (err != nil) {
+				t.Fatalf("sync: %v, want an error: %v", err, tc.closed)
+			}
+			if w.syncAvg == tc.avg {
+				t.Errorf("the average stayed at %v", w.syncAvg)
+			}
+			if tc.avg > rawSyncLimit && w.syncAvg >= tc.avg {
+				t.Errorf("a fast sync did not lower the average: %v", w.syncAvg)
+			}
+		})
+	}
+}
