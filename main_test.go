@@ -35,7 +35,7 @@ func requireTool(t *testing.T, name string) string {
 }
 
 // testApp starts the whole appliance on loopback ports in a temp dir.
-func testApp(t *testing.T) (*app, *bytes.Buffer) {
+func testApp(t testing.TB) (*app, *bytes.Buffer) {
 	t.Helper()
 	cfg := DefaultConfig()
 	cfg.DataDir = t.TempDir()
@@ -56,7 +56,7 @@ func testApp(t *testing.T) (*app, *bytes.Buffer) {
 	return a, &out
 }
 
-func (a *app) newTenant(t *testing.T, name string) tenantCreds {
+func (a *app) newTenant(t testing.TB, name string) tenantCreds {
 	t.Helper()
 	c, err := (&admin{st: a.st, cfg: a.cfg}).tenantAdd(context.Background(), name)
 	if err != nil {
@@ -83,7 +83,7 @@ func scimDo(t *testing.T, a *app, c tenantCreds, method, path, body string) (int
 	return resp.StatusCode, m
 }
 
-func ldapsConn(t *testing.T, a *app, c tenantCreds) *goldap.Conn {
+func ldapsConn(t testing.TB, a *app, c tenantCreds) *goldap.Conn {
 	t.Helper()
 	l, err := goldap.DialURL("ldaps://"+a.ldapsAddr.String(), goldap.DialWithTLSConfig(&tls.Config{InsecureSkipVerify: true}))
 	if err != nil {
