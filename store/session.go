@@ -128,7 +128,11 @@ func (s *Store) endSession() error {
 // (whose redo log is payload), once it is durable: its record is written
 // and the log synced (see wal.sync). The committer does this itself: a
 // separate syncer overlapping the next commit measured no faster, because
-// the hand-offs between goroutines cost what the overlap saved.
+// the hand-offs between goroutines cost what the overlap saved. Nor did an
+// asynchronous sync through Linux AIO (io_submit IOCB_CMD_FDSYNC) with the
+// next transaction built meanwhile: commits took 255 µs instead of 320,
+// but groups shrank from 2.4 writes to 1.8 and the rate stayed the same,
+// because the requests, not the committer, then set the pace.
 func (s *Store) durable(payload []byte, group []*pendingWrite) {
 	if s.log == nil {
 		answer(group, nil) // the commit synced the file

@@ -171,8 +171,8 @@ const rawSyncLimit = time.Millisecond
 // goroutines, and the goroutine queues for a P again when the call
 // returns. With two cores busy with requests that wait was most of the
 // log sync's cost: 290 µs a sync against 195 µs when the committer keeps
-// its P through the call (RawSyscall), and provisioning 15-25% faster,
-// measured in interleaved runs. Keeping the P is right only while syncs
+// its P through the call (RawSyscall), and provisioning 7-25% faster
+// across interleaved runs. Keeping the P is right only while syncs
 // are short, as on SSD and VM disks, because it also holds up the garbage
 // collector's stop-the-world phases: once the moving average of sync times
 // exceeds rawSyncLimit the ordinary call is used until it falls below
