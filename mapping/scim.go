@@ -198,6 +198,11 @@ func setMulti(m map[string]any, k string, vs []store.MultiValue) {
 	m[k] = out
 }
 
+// hasPrefixFold is strings.HasPrefix ignoring case.
+func hasPrefixFold(s, prefix string) bool {
+	return len(s) >= len(prefix) && strings.EqualFold(s[:len(prefix)], prefix)
+}
+
 // enterpriseAliases are enterprise attributes that older Entra bodies send
 // at the top level instead of under the extension URN.
 var enterpriseAliases = map[string]bool{"employeenumber": true, "costcenter": true, "organization": true, "division": true, "department": true, "manager": true}
@@ -216,17 +221,17 @@ func UserFromResource(doc map[string]any) (store.User, error) {
 		if v == nil {
 			continue
 		}
-		lk := strings.ToLower(k)
 		switch {
-		case lk == "schemas" || lk == "id" || lk == "meta" || lk == "groups" || lk == "password":
+		case strings.EqualFold(k, "schemas") || strings.EqualFold(k, "id") || strings.EqualFold(k, "meta") ||
+			strings.EqualFold(k, "groups") || strings.EqualFold(k, "password"):
 			// read-only, or never stored
-		case lk == "externalid":
+		case strings.EqualFold(k, "externalId"):
 			s, err := toString("externalId", v)
 			if err != nil {
 				return u, err
 			}
 			u.ExternalID = s
-		case lk == strings.ToLower(SchemaEnterprise):
+		case strings.EqualFold(k, SchemaEnterprise):
 			obj, ok := v.(map[string]any)
 			if !ok {
 				return u, &ValueError{SchemaEnterprise, "must be an object"}
@@ -234,9 +239,9 @@ func UserFromResource(doc map[string]any) (store.User, error) {
 			for ek, ev := range obj {
 				ent[ek] = ev
 			}
-		case strings.HasPrefix(lk, strings.ToLower(SchemaEnterprise)+":"):
+		case hasPrefixFold(k, SchemaEnterprise+":"):
 			ent[k[len(SchemaEnterprise)+1:]] = v
-		case strings.HasPrefix(lk, "urn:"):
+		case hasPrefixFold(k, "urn:"):
 			obj, ok := v.(map[string]any)
 			if !ok {
 				return u, &ValueError{k, "an extension schema's attributes must be sent as an object"}
@@ -258,7 +263,7 @@ func UserFromResource(doc map[string]any) (store.User, error) {
 				if cv != nil {
 					core[a.Name] = cv
 				}
-			} else if enterpriseAliases[lk] {
+			} else if enterpriseAliases[strings.ToLower(k)] {
 				ent[k] = v
 			}
 		}
