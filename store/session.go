@@ -57,6 +57,9 @@ func (s *Store) startSession() (err error) {
 	if ckf, err = os.OpenFile(checkpointPath(path), os.O_RDWR, 0); err != nil {
 		return err
 	}
+	if logAIO {
+		w.aio, _ = newAIO() // without it, the log syncs with fdatasync
+	}
 	s.log, s.metaf, s.ckf, s.ckptN, s.pin = w, metaf, ckf, 0, pin
 	s.db.NoSync = true
 	s.stopIdle, s.idleDone = make(chan struct{}), make(chan struct{})
@@ -116,6 +119,9 @@ func (s *Store) endSession() error {
 	}
 	s.ckmu.Unlock()
 	closeAll(append(s.log.seg[:], s.metaf, s.ckf))
+	if s.log.aio != 0 {
+		s.log.aio.destroy()
+	}
 	s.log, s.metaf, s.ckf = nil, nil, nil
 	s.db.NoSync = false
 	if err != nil {

@@ -55,6 +55,7 @@ var (
 	walCheckpointAt          = walSegmentSize / 4     // log bytes that start a checkpoint
 	walCheckpointEvery       = 100 * time.Millisecond // and the time that does
 	walIdle                  = time.Second            // quiet time after which one starts
+	logAIO                   = true                   // sync the log through AIO where available
 )
 
 // mmapLimit is the mapping bbolt gets at open. A pinned reader blocks
@@ -79,7 +80,7 @@ type wal struct {
 	seq    uint64 // last sequence number used
 	buf    []byte
 
-	syncAvg time.Duration // moving average of log sync times
+	aio aioContext // 0: without AIO (see sync)
 }
 
 func segmentPath(db string, i int) string { return fmt.Sprintf("%s-wal%d", db, i) }
@@ -161,49 +162,41 @@ func (w *wal) write(payload []byte) (*os.File, error) {
 	return f, nil
 }
 
-// rawSyncLimit is the average log sync time up to which the committer
-// keeps its P through the sync (see sync).
-const rawSyncLimit = time.Millisecond
+// rawWaitLimit is how long the committer keeps its P while it waits for a
+// log sync (see sync).
+const rawWaitLimit = time.Millisecond
 
 // sync makes the log segment f durable.
 //
 // A blocking system call normally hands the goroutine's P to other
 // goroutines, and the goroutine queues for a P again when the call
 // returns. With two cores busy with requests that wait was most of the
-// log sync's cost: 290 µs a sync against 195 µs when the committer keeps
-// its P through the call (RawSyscall), and provisioning 7-25% faster
-// across interleaved runs. Keeping the P is right only while syncs
-// are short, as on SSD and VM disks, because it also holds up the garbage
-// collector's stop-the-world phases: once the moving average of sync times
-// exceeds rawSyncLimit the ordinary call is used until it falls below
-// again. With a single P, which the call would take from every other
-// goroutine, the ordinary call is always used.
+// log sync's cost: 290 µs a sync against 195 µs when the committer kept
+// its P through the call, and provisioning 7-25% faster, across
+// interleaved runs. But a goroutine that keeps its P through a long
+// system call also holds up the garbage collector's stop-the-world
+// phases, and a disk that stalls for seconds would then stall every
+// request, reads included. So the sync runs through AIO (aio.go), whose
+// wait can time out: the committer keeps its P for up to rawWaitLimit,
+// which covers a sync on SSD and VM disks, and then waits the ordinary
+// way. Where AIO is not available, or this filesystem refuses it, the
+// ordinary fdatasync is used. With a single P, which a kept P would take
+// from every other goroutine, the wait is always the ordinary one.
 func (w *wal) sync(f *os.File) error {
-	began := time.Now()
-	var err error
-	if w.syncAvg > rawSyncLimit || runtime.GOMAXPROCS(0) < 2 {
-		err = fdatasync(f)
-	} else {
-		err = rawFdatasync(f)
-	}
-	w.syncAvg += (time.Since(began) - w.syncAvg) / 8
-	return err
-}
-
-func rawFdatasync(f *os.File) error {
-	defer runtime.KeepAlive(f)
-	fd := f.Fd()
-	for {
-		_, _, e := syscall.RawSyscall(syscall.SYS_FDATASYNC, fd, 0, 0)
-		switch e {
-		case syscall.EINTR:
-			continue
-		case 0:
-			return nil
-		default:
-			return e
+	if w.aio != 0 {
+		err := w.aio.submitFdsync(f.Fd())
+		runtime.KeepAlive(f)
+		if err == nil {
+			keep := rawWaitLimit
+			if runtime.GOMAXPROCS(0) < 2 {
+				keep = 0
+			}
+			return w.aio.wait(keep)
 		}
+		w.aio.destroy()
+		w.aio = 0
 	}
+	return fdatasync(f)
 }
 
 func appendRecord(b []byte, epoch, seq uint64, payload []byte) []byte {

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -527,21 +528,30 @@ func TestLogFailureRefusesWritesAndRecovers(t *testing.T) {
 	sameDirectory(t, reopen(t, path), want, "after recovery")
 }
 
-// TestLogSyncEitherWay checks both ways wal.sync syncs the log: keeping
-// the P while syncs are fast, the ordinary call once their average is
-// slow. Each must report a failed sync, and each feeds the average.
-func TestLogSyncEitherWay(t *testing.T) {
+// TestLogSyncEveryWay checks the ways wal.sync syncs the log: through AIO
+// with the P kept for a while, or only briefly, or not at all (one P);
+// with fdatasync where there is no AIO or it is refused. Each must report
+// a failed sync.
+func TestLogSyncEveryWay(t *testing.T) {
+	if _, err := newAIO(); err != nil {
+		t.Skipf("no AIO here: %v", err)
+	}
 	for _, tc := range []struct {
-		name   string
-		avg    time.Duration
-		closed bool
+		name    string
+		aio     string // "yes", "no", or "refused": a context the kernel does not know
+		procs   int
+		closed  bool
+		wantAIO bool // still set after the sync
 	}{
-		{"fast", 0, false},
-		{"slow", 10 * rawSyncLimit, false},
-		{"fast, failing", 0, true},
-		{"slow, failing", 10 * rawSyncLimit, true},
+		{"aio", "yes", 2, false, true},
+		{"aio, one P", "yes", 1, false, true},
+		{"aio, failing", "yes", 2, true, false},
+		{"fdatasync", "no", 2, false, false},
+		{"fdatasync, failing", "no", 2, true, false},
+		{"aio refused", "refused", 2, false, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(tc.procs))
 			f, err := os.Create(filepath.Join(t.TempDir(), "seg"))
 			if err != nil {
 				t.Fatal(err)
@@ -550,20 +560,56 @@ func TestLogSyncEitherWay(t *testing.T) {
 			if _, err := f.Write([]byte("record")); err != nil {
 				t.Fatal(err)
 			}
+			w := &wal{}
+			switch tc.aio {
+			case "yes":
+				if w.aio, err = newAIO(); err != nil {
+					t.Fatal(err)
+				}
+				defer func() {
+					if w.aio != 0 {
+						w.aio.destroy()
+					}
+				}()
+			case "refused":
+				w.aio = aioContext(1)
+			}
 			if tc.closed {
 				f.Close()
 			}
-			w := &wal{syncAvg: tc.avg}
 			err = w.sync(f)
 			if tc.closed != (err != nil) {
 				t.Fatalf("sync: %v, want an error: %v", err, tc.closed)
 			}
-			if w.syncAvg == tc.avg {
-				t.Errorf("the average stayed at %v", w.syncAvg)
-			}
-			if tc.avg > rawSyncLimit && w.syncAvg >= tc.avg {
-				t.Errorf("a fast sync did not lower the average: %v", w.syncAvg)
+			if (w.aio != 0) != tc.wantAIO {
+				t.Errorf("AIO context after the sync: %v, want it kept: %v", w.aio, tc.wantAIO)
 			}
 		})
+	}
+}
+
+// TestAIOWaitPastTheKeptTime waits for syncs that outlast the time the P
+// is kept, so that the wait goes on the ordinary way.
+func TestAIOWaitPastTheKeptTime(t *testing.T) {
+	c, err := newAIO()
+	if err != nil {
+		t.Skipf("no AIO here: %v", err)
+	}
+	defer c.destroy()
+	f, err := os.Create(filepath.Join(t.TempDir(), "seg"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for i, keep := range []time.Duration{0, time.Nanosecond, time.Microsecond, time.Second} {
+		if _, err := f.WriteAt(bytes.Repeat([]byte{byte(i)}, 64<<10), int64(i)<<16); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.submitFdsync(f.Fd()); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.wait(keep); err != nil {
+			t.Errorf("wait keeping the P %v: %v", keep, err)
+		}
 	}
 }
