@@ -16,27 +16,31 @@ import (
 // aioContext is a kernel AIO context with room for one request in flight.
 type aioContext uintptr
 
-// iocb is the kernel's struct iocb (linux/aio_abi.h). aio_key and
-// aio_rw_flags, whose order depends on the byte order, stay zero.
+// iocb is the kernel's struct iocb (linux/aio_abi.h); the blank fields,
+// all zero here, are in order aio_data, aio_key and aio_rw_flags (whose
+// order depends on the byte order), aio_reqprio, and after aio_fildes
+// aio_buf, aio_nbytes, aio_offset, aio_reserved2, aio_flags and
+// aio_resfd.
 type iocb struct {
-	data      uint64
-	key       uint32
-	rwFlags   uint32
-	opcode    uint16
-	reqprio   int16
-	fildes    uint32
-	buf       uint64
-	nbytes    uint64
-	offset    int64
-	reserved2 uint64
-	flags     uint32
-	resfd     uint32
+	_      uint64
+	_      uint32
+	_      uint32
+	opcode uint16
+	_      int16
+	fildes uint32
+	_      uint64
+	_      uint64
+	_      int64
+	_      uint64
+	_      uint32
+	_      uint32
 }
 
-// ioEvent is the kernel's struct io_event.
+// ioEvent is the kernel's struct io_event: data, obj, res and res2.
 type ioEvent struct {
-	data, obj uint64
-	res, res2 int64
+	_, _ uint64
+	res  int64
+	_    int64
 }
 
 const iocbCmdFdsync = 3
