@@ -68,15 +68,16 @@ func newAIO() (aioContext, error) {
 func (c aioContext) submitFdsync(fd uintptr) error {
 	cbs := [1]*iocb{{opcode: iocbCmdFdsync, fildes: uint32(fd)}}
 	for {
-		_, _, e := syscall.Syscall(syscall.SYS_IO_SUBMIT, uintptr(c), 1, uintptr(unsafe.Pointer(&cbs[0])))
-		switch e {
-		case syscall.EINTR:
+		n, _, e := syscall.Syscall(syscall.SYS_IO_SUBMIT, uintptr(c), 1, uintptr(unsafe.Pointer(&cbs[0])))
+		switch {
+		case e == syscall.EINTR:
 			continue
-		case 0:
-			return nil
-		default:
+		case e != 0:
 			return fmt.Errorf("io_submit: %w", e)
+		case n != 1:
+			return fmt.Errorf("io_submit took %d of 1 requests", n)
 		}
+		return nil
 	}
 }
 
