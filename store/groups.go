@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -185,16 +186,17 @@ func (s *Store) UpdateGroup(ctx context.Context, t, id string, ifVersion uint64,
 	rules := s.rulesFor(t)
 	var out Group
 	err := s.updateTenant(ctx, t, func(tb bucket) error {
-		var old, g Group
-		if err := getGroup(tb.raw(), id, true, &old); err != nil {
-			return err
-		}
-		if ifVersion != 0 && old.Meta.Version != ifVersion {
-			return fmt.Errorf("group %q is at version %d, not %d: %w", id, old.Meta.Version, ifVersion, ErrPrecondition)
-		}
+		var g Group
 		if err := getGroup(tb.raw(), id, true, &g); err != nil {
 			return err
 		}
+		if ifVersion != 0 && g.Meta.Version != ifVersion {
+			return fmt.Errorf("group %q is at version %d, not %d: %w", id, g.Meta.Version, ifVersion, ErrPrecondition)
+		}
+		// What the write needs of the group as it was: its id, meta,
+		// indexed values and members. fn may change g's members in place.
+		old := g
+		old.Members = slices.Clone(g.Members)
 		if err := fn(&g); err != nil {
 			return err
 		}

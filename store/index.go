@@ -243,11 +243,14 @@ func unindexUser(tb bucket, u *User) error {
 
 func indexGroup(tb bucket, g, old *Group, rules Rules) error {
 	for _, ix := range groupIndexes {
+		v := ix.value(g)
+		if old != nil && ix.value(old) == v {
+			continue // unchanged: nothing to check or rewrite
+		}
 		b, err := indexBucket(tb, ix.index)
 		if err != nil {
 			return err
 		}
-		v := ix.value(g)
 		if v != "" {
 			if err := checkIndexable(ix.attr, v); err != nil {
 				return err

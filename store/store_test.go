@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -433,16 +434,7 @@ func TestTenantVersions(t *testing.T) {
 	}
 	f.Close()
 	s.Close()
-	reopen := func(path string) *Store {
-		t.Helper()
-		s, err := Open(path, Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { s.Close() })
-		return s
-	}
-	s = reopen(path)
+	s = reopen(t, path)
 	if ver(s, "acme") != acme {
 		t.Fatal("reopening changed the version")
 	}
@@ -454,7 +446,7 @@ func TestTenantVersions(t *testing.T) {
 
 	// The copy is where the original was; written to, it must not arrive
 	// at any version the original had.
-	c := reopen(backup)
+	c := reopen(t, backup)
 	if ver(c, "acme") != acme {
 		t.Fatal("the copy does not start at the original's version")
 	}
@@ -509,4 +501,59 @@ func TestQuiesceWaitsForWritesAndTheirWatchers(t *testing.T) {
 		}
 	}
 	wg.Wait()
+}
+
+// TestGroupUpdateKeepsIndexesAndMembers updates a group three ways: its
+// members alone (the name stays found), its members changed in place (the
+// change is stored), and a rename (the index follows).
+func TestGroupUpdateKeepsIndexesAndMembers(t *testing.T) {
+	ctx := context.Background()
+	s, _ := openTest(t)
+	a, _ := s.CreateUser(ctx, "acme", User{UserName: "a"})
+	b, _ := s.CreateUser(ctx, "acme", User{UserName: "b"})
+	g, err := s.CreateGroup(ctx, "acme", Group{DisplayName: "Sales", Members: []Member{{ID: a.ID, Display: "A"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	named := func(name string) int {
+		gs, err := s.LookupGroups(ctx, "acme", IndexGroupName, NormalizeIndexValue(IndexGroupName, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(gs)
+	}
+	for _, step := range []struct {
+		name        string
+		fn          func(*Group)
+		wantMembers []Member
+		found, gone string
+	}{
+		{"add a member", func(x *Group) { x.Members = append(x.Members, Member{ID: b.ID, Display: "B"}) },
+			[]Member{{ID: a.ID, Kind: KindUser, Display: "A"}, {ID: b.ID, Kind: KindUser, Display: "B"}}, "sales", ""},
+		{"replace a member in place", func(x *Group) { x.Members[0] = Member{ID: b.ID, Display: "Bee"}; x.Members = x.Members[:1] },
+			[]Member{{ID: b.ID, Kind: KindUser, Display: "Bee"}}, "SALES", ""},
+		{"rename", func(x *Group) { x.DisplayName = "Marketing" },
+			[]Member{{ID: b.ID, Kind: KindUser, Display: "Bee"}}, "marketing", "sales"},
+	} {
+		if _, err := s.UpdateGroup(ctx, "acme", g.ID, 0, func(x *Group) error { step.fn(x); return nil }); err != nil {
+			t.Fatalf("%s: %v", step.name, err)
+		}
+		got, err := s.Group(ctx, "acme", g.ID, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		slices.SortFunc(got.Members, func(x, y Member) int { return strings.Compare(x.Display, y.Display) })
+		if !slices.Equal(got.Members, step.wantMembers) {
+			t.Errorf("%s: members %v; want %v", step.name, got.Members, step.wantMembers)
+		}
+		if named(step.found) != 1 {
+			t.Errorf("%s: no group named %q", step.name, step.found)
+		}
+		if step.gone != "" && named(step.gone) != 0 {
+			t.Errorf("%s: a group is still named %q", step.name, step.gone)
+		}
+	}
+	if of, _ := s.GroupsOf(ctx, "acme", a.ID); len(of) != 0 {
+		t.Errorf("a is still a member of %v", of)
+	}
 }
